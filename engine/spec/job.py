@@ -1,0 +1,212 @@
+"""A job spec: a discriminated union on `algorithm`. `config` holds the algorithm's TRL-named
+hyperparameters; everything else says what to train on and where."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, field_validator, model_validator
+
+from engine.spec.base import (
+    DatasetSpec,
+    DistributedSpec,
+    HardwareSpec,
+    LoraSpec,
+    SpecError,
+    StrictModel,
+    check_model_ref,
+)
+from engine.spec.grpo import GFPOConfig, GRPOConfig, MiniLLMConfig, PAPOConfig, RewardFuncSpec, RLOOConfig
+from engine.spec.offline import (
+    BCOConfig,
+    CPOConfig,
+    DPOConfig,
+    GKDConfig,
+    GOLDConfig,
+    KTOConfig,
+    RewardConfig,
+    SFTConfig,
+)
+
+# Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
+# but are refused at submission with a clear message until their loops land.
+RUNNABLE_ALGORITHMS = frozenset({"sft", "dpo", "grpo"})
+
+
+class _JobBase(StrictModel):
+    name: str | None = Field(None, max_length=200, description="display name")
+    model: str = Field(..., description="HF id, local path, 'bundled:smollm2-135m-instruct' or 'tiny:llama'")
+    dataset: DatasetSpec
+    eval_dataset: DatasetSpec | None = None
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+    peft_config: LoraSpec | None = None
+    distributed: DistributedSpec | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return check_model_ref(v)
+
+    @model_validator(mode="after")
+    def _fits(self) -> _JobBase:
+        cfg = getattr(self, "config", None)
+        if cfg is not None and getattr(cfg, "use_vllm", False) and self.hardware.accelerator != "gpu":
+            raise SpecError(
+                "config.use_vllm",
+                "config.use_vllm needs a GPU worker: set hardware {accelerator: 'gpu', gpus: 1} or use_vllm false",
+            )
+        if (
+            self.distributed
+            and self.distributed.num_processes > max(1, self.hardware.gpus)
+            and self.hardware.accelerator == "gpu"
+        ):
+            raise SpecError(
+                "distributed.num_processes",
+                f"distributed.num_processes={self.distributed.num_processes} exceeds hardware.gpus={self.hardware.gpus}",
+            )
+        if cfg is not None and getattr(cfg, "bf16", None) and getattr(cfg, "fp16", False):
+            raise SpecError("config.bf16", "config.bf16 and config.fp16 are mutually exclusive")
+        return self
+
+
+class _OnlineJob(_JobBase):
+    reward_funcs: list[RewardFuncSpec] = Field(default_factory=lambda: [RewardFuncSpec(name="accuracy")])
+
+    @model_validator(mode="after")
+    def _weights(self) -> _OnlineJob:
+        w = self.config.reward_weights  # type: ignore[attr-defined]
+        if w is not None and len(w) != len(self.reward_funcs):
+            raise SpecError(
+                "config.reward_weights",
+                f"config.reward_weights has {len(w)} entries for {len(self.reward_funcs)} reward_funcs",
+            )
+        if not self.reward_funcs:
+            raise SpecError(
+                "reward_funcs", 'reward_funcs must name at least one reward (e.g. [{"name": "accuracy"}])'
+            )
+        return self
+
+
+class SFTJob(_JobBase):
+    algorithm: Literal["sft"]
+    config: SFTConfig = Field(default_factory=SFTConfig)
+
+
+class DPOJob(_JobBase):
+    algorithm: Literal["dpo"]
+    config: DPOConfig = Field(default_factory=DPOConfig)
+
+
+class KTOJob(_JobBase):
+    algorithm: Literal["kto"]
+    config: KTOConfig = Field(default_factory=KTOConfig)
+
+
+class BCOJob(_JobBase):
+    algorithm: Literal["bco"]
+    config: BCOConfig = Field(default_factory=BCOConfig)
+
+
+class CPOJob(_JobBase):
+    algorithm: Literal["cpo"]
+    config: CPOConfig = Field(default_factory=CPOConfig)
+
+
+class RewardJob(_JobBase):
+    algorithm: Literal["reward"]
+    config: RewardConfig = Field(default_factory=RewardConfig)
+
+
+class GRPOJob(_OnlineJob):
+    algorithm: Literal["grpo"]
+    config: GRPOConfig = Field(default_factory=GRPOConfig)
+
+
+class GFPOJob(_OnlineJob):
+    algorithm: Literal["gfpo"]
+    config: GFPOConfig = Field(default_factory=GFPOConfig)
+
+
+class PAPOJob(_OnlineJob):
+    algorithm: Literal["papo"]
+    config: PAPOConfig = Field(default_factory=PAPOConfig)
+
+
+class MiniLLMJob(_OnlineJob):
+    algorithm: Literal["minillm"]
+    config: MiniLLMConfig = Field(default_factory=MiniLLMConfig)
+
+
+class RLOOJob(_OnlineJob):
+    algorithm: Literal["rloo"]
+    config: RLOOConfig = Field(default_factory=RLOOConfig)
+
+
+class GKDJob(_JobBase):
+    algorithm: Literal["gkd"]
+    config: GKDConfig = Field(default_factory=GKDConfig)
+
+
+class GOLDJob(_JobBase):
+    algorithm: Literal["gold"]
+    config: GOLDConfig = Field(default_factory=GOLDConfig)
+
+
+JobSpec = Annotated[
+    SFTJob
+    | DPOJob
+    | KTOJob
+    | BCOJob
+    | CPOJob
+    | RewardJob
+    | GRPOJob
+    | GFPOJob
+    | PAPOJob
+    | MiniLLMJob
+    | RLOOJob
+    | GKDJob
+    | GOLDJob,
+    Field(discriminator="algorithm"),
+]
+ALGORITHMS = (
+    "sft",
+    "dpo",
+    "kto",
+    "bco",
+    "cpo",
+    "reward",
+    "grpo",
+    "gfpo",
+    "papo",
+    "minillm",
+    "rloo",
+    "gkd",
+    "gold",
+)
+CONFIG_CLASSES: dict[str, type[StrictModel]] = {
+    "sft": SFTConfig,
+    "dpo": DPOConfig,
+    "kto": KTOConfig,
+    "bco": BCOConfig,
+    "cpo": CPOConfig,
+    "reward": RewardConfig,
+    "grpo": GRPOConfig,
+    "gfpo": GFPOConfig,
+    "papo": PAPOConfig,
+    "minillm": MiniLLMConfig,
+    "rloo": RLOOConfig,
+    "gkd": GKDConfig,
+    "gold": GOLDConfig,
+}
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+
+
+def parse_job_spec(data: dict[str, Any]) -> Any:
+    """Validate a raw dict into one of the job classes (raises pydantic.ValidationError)."""
+    return _ADAPTER.validate_python(data)
+
+
+def resolve(spec: Any) -> dict[str, Any]:
+    """The fully expanded config the engine sees: every default written out (JSON-safe)."""
+    return spec.model_dump(mode="json")
