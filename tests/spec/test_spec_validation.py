@@ -1,0 +1,148 @@
+"""Spec validation: what a job must look like, and the errors that name the field to fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from engine.spec import RUNNABLE_ALGORITHMS, parse_job_spec, resolve
+from engine.spec.base import SpecError
+
+BASE = {"model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+
+
+def grpo(**config):
+    return {**BASE, "algorithm": "grpo", "config": config}
+
+
+def error_of(raw) -> tuple[tuple, str, str | None]:
+    with pytest.raises(ValidationError) as info:
+        parse_job_spec(raw)
+    err = info.value.errors()[0]
+    ctx_err = (err.get("ctx") or {}).get("error")
+    return err["loc"], err["msg"], getattr(ctx_err, "field", None)
+
+
+def test_minimal_job_resolves_every_default():
+    resolved = resolve(parse_job_spec({**BASE, "algorithm": "sft"}))
+    assert resolved["config"]["learning_rate"] == 2e-5
+    assert resolved["config"]["loss_type"] == "nll"
+    assert resolved["hardware"] == {"accelerator": "cpu", "gpus": 0}
+
+
+def test_resolved_config_round_trips():
+    spec = parse_job_spec(grpo(loss_type="grpo", beta=0.04, scale_rewards=True))
+    again = parse_job_spec(resolve(spec))
+    assert again == spec
+    assert again.config.scale_rewards == "group"
+
+
+def test_unknown_top_level_field_is_named():
+    loc, msg, _ = error_of({**grpo(), "bogus": 1})
+    assert loc[-1] == "bogus" and "Extra inputs" in msg
+
+
+def test_unknown_config_field_is_named():
+    loc, _, _ = error_of(grpo(learning_rat=1e-5))
+    assert loc[-2:] == ("config", "learning_rat")
+
+
+def test_unknown_loss_type_is_named():
+    loc, msg, _ = error_of(grpo(loss_type="ppo"))
+    assert loc[-1] == "loss_type" and "dapo" in msg
+
+
+def test_unknown_dpo_loss_type_lists_known_names():
+    _, msg, field = error_of({**BASE, "algorithm": "dpo", "config": {"loss_type": ["sigmoid", "nope"]}})
+    assert field == "loss_type" and "'nope'" in msg and "apo_zero" in msg
+
+
+def test_steps_per_generation_must_align_with_accumulation():
+    _, msg, field = error_of(grpo(steps_per_generation=3, gradient_accumulation_steps=2))
+    assert field == "steps_per_generation" and "multiple" in msg
+
+
+@pytest.mark.parametrize("spg,ga", [(4, 1), (8, 4), (8, 32), (2, 2)])
+def test_steps_per_generation_alignment_accepted(spg, ga):
+    parse_job_spec(grpo(steps_per_generation=spg, gradient_accumulation_steps=ga))
+
+
+def test_vllm_options_need_use_vllm():
+    _, _, field = error_of(grpo(vllm_importance_sampling_mode="token_mask"))
+    assert field == "vllm_importance_sampling_mode"
+
+
+def test_use_vllm_needs_a_gpu_worker():
+    _, msg, field = error_of(grpo(use_vllm=True))
+    assert field == "config.use_vllm" and "GPU" in msg
+
+
+def test_cispo_needs_explicit_epsilon_high():
+    _, msg, field = error_of(grpo(loss_type="cispo"))
+    assert field == "epsilon_high" and "5.0" in msg
+
+
+def test_num_generations_at_least_two():
+    _, _, field = error_of(grpo(num_generations=1))
+    assert field == "num_generations"
+
+
+def test_epsilon_high_below_epsilon_rejected():
+    _, _, field = error_of(grpo(epsilon=0.2, epsilon_high=0.1))
+    assert field == "epsilon_high"
+
+
+def test_exo_pair_smoothing():
+    spec = parse_job_spec({**BASE, "algorithm": "dpo", "config": {"loss_type": "exo_pair"}})
+    assert spec.config.effective_label_smoothing == 1e-3
+    _, msg, field = error_of({**BASE, "algorithm": "dpo", "config": {"loss_type": "exo_pair", "label_smoothing": 0}})
+    assert field == "label_smoothing" and "1e-3" in msg
+
+
+def test_aot_pair_and_aot_unpaired_both_accepted():
+    for name in ("aot_pair", "aot_unpaired"):
+        parse_job_spec({**BASE, "algorithm": "dpo", "config": {"loss_type": name}})
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [{}, {"builtin": "arithmetic", "path": "x.jsonl"}, {"builtin": "nope"}],
+)
+def test_dataset_needs_exactly_one_known_source(dataset):
+    with pytest.raises(ValidationError, match="dataset"):
+        parse_job_spec({**grpo(), "dataset": dataset})
+
+
+@pytest.mark.parametrize("model", ["", "bundled:gpt-17", "tiny:transformerxl"])
+def test_bad_model_refs_rejected(model):
+    with pytest.raises(ValidationError, match="model"):
+        parse_job_spec({**grpo(), "model": model})
+
+
+def test_hardware_selects_queue():
+    spec = parse_job_spec({**grpo(), "hardware": {"accelerator": "gpu", "gpus": 8}})
+    assert spec.hardware.queue == "gpu-8"
+    assert parse_job_spec(grpo()).hardware.queue == "cpu"
+
+
+def test_reward_weights_must_match_reward_funcs():
+    raw = {**grpo(reward_weights=[1.0, 0.5]), "reward_funcs": [{"name": "accuracy"}]}
+    _, _, field = error_of(raw)
+    assert field == "config.reward_weights"
+
+
+def test_runnable_algorithms_are_a_subset():
+    assert {"sft", "dpo", "grpo"} <= RUNNABLE_ALGORITHMS
+
+
+def test_spec_error_names_field():
+    assert SpecError("beta", "too big").field == "beta"
+
+
+def test_engine_spec_import_does_not_import_torch():
+    code = "import sys, engine.spec, engine.presets; engine.presets.load_presets(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
