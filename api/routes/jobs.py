@@ -1,0 +1,123 @@
+"""`/v1/jobs`: submit, list, read, cancel, retry; a job's events, metrics and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+
+from api.deps import PrincipalDep, SessionDep, SettingsDep
+from api.errors import ErrorBody
+from api.schemas import CheckpointList, EventPage, JobDetail, JobList, JobSummary, MetricsOut
+from api.services import jobs as service
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+
+SPEC_EXAMPLES = {
+    "full spec": {
+        "value": {
+            "algorithm": "sft",
+            "model": "tiny:llama",
+            "dataset": {"builtin": "chat", "num_rows": 64},
+            "config": {"max_steps": 10, "learning_rate": 1e-4},
+        }
+    },
+    "preset + overrides": {
+        "value": {
+            "preset": "gspo",
+            "model": "bundled:smollm2-135m-instruct",
+            "dataset": {"builtin": "arithmetic"},
+            "config": {"max_steps": 20, "num_generations": 4},
+        }
+    },
+}
+
+
+@router.post("", status_code=201, response_model=JobDetail, operation_id="create_job")
+def create_job(
+    session: SessionDep,
+    user: PrincipalDep,
+    settings: SettingsDep,
+    body: Annotated[dict[str, Any], Body(openapi_examples=SPEC_EXAMPLES)],
+) -> Any:
+    """Submit a job: a full spec, or `{"preset": id, ...}` whose `config` overrides the preset's."""
+    return service.submit_job(session, user, body, settings)
+
+
+@router.get("", response_model=JobList, operation_id="list_jobs")
+def list_jobs(
+    session: SessionDep,
+    user: PrincipalDep,
+    status: Annotated[str | None, Query(description="filter: one status or a comma-separated list")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Your jobs, newest first."""
+    jobs, next_cursor = service.list_jobs(
+        session, user, statuses=service.parse_statuses(status), limit=limit, cursor=cursor, offset=offset
+    )
+    return JobList(jobs=[JobSummary.model_validate(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobDetail, operation_id="get_job")
+def get_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    return service.get_job(session, user, job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobDetail,
+    operation_id="cancel_job",
+    responses={409: {"model": ErrorBody}},
+)
+def cancel_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    """A queued job is cancelled at once; a running one becomes `cancelling` until its worker stops it."""
+    return service.cancel_job(session, user, job_id)
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobDetail,
+    operation_id="retry_job",
+    responses={409: {"model": ErrorBody}},
+)
+def retry_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    """Queue a failed or cancelled job again, as a new attempt."""
+    return service.retry_job(session, user, job_id)
+
+
+@router.get("/{job_id}/events", response_model=EventPage, operation_id="list_job_events")
+def list_job_events(
+    session: SessionDep,
+    user: PrincipalDep,
+    job_id: str,
+    after: Annotated[
+        int, Query(ge=0, description="return events with id > after (the last next_cursor)")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    kind: Annotated[str | None, Query(description="filter: comma-separated event kinds")] = None,
+) -> Any:
+    kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else None
+    events, has_more = service.list_events(session, user, job_id, after=after, limit=limit, kinds=kinds)
+    return EventPage(
+        events=events,  # type: ignore[arg-type]  # ORM rows, read through from_attributes
+        next_cursor=events[-1].id if events else after,
+        has_more=has_more,
+    )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut, operation_id="get_job_metrics")
+def get_job_metrics(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    """Every metric's history: `{"metrics": {"train/loss": [{"step": 1, "value": 2.3}, ...]}}`."""
+    return {"metrics": service.metrics_history(session, user, job_id)}
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList, operation_id="list_job_checkpoints")
+def list_job_checkpoints(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    points, last = service.list_checkpoints(session, user, job_id)
+    return {"checkpoints": points, "last_checkpoint": last}

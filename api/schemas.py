@@ -1,0 +1,118 @@
+"""Response schemas (what clients can rely on). Requests are job-spec dicts validated by `engine.spec`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from core.states import JobStatus
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class JobSummary(_Out):
+    id: str
+    name: str | None
+    algorithm: str
+    status: JobStatus
+    queue: str
+    preset_id: str | None
+    preset_version: int | None
+    attempt: int
+    max_attempts: int
+    last_step: int | None
+    total_steps: int | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobDetail(JobSummary):
+    spec_submitted: dict[str, Any]
+    spec_resolved: dict[str, Any]
+    output_dir: str | None
+    mlflow_run_id: str | None
+    last_checkpoint: str | None
+    worker_id: str | None
+    heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = None
+
+
+class EventOut(_Out):
+    id: int
+    kind: str
+    step: int | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next_cursor: int | None  # pass as `after` to get what came next (stays put when nothing new)
+    has_more: bool
+
+
+class MetricPoint(BaseModel):
+    step: int | None
+    value: float
+
+
+class MetricsOut(BaseModel):
+    metrics: dict[str, list[MetricPoint]]
+
+
+class CheckpointOut(BaseModel):
+    step: int | None
+    path: str
+    created_at: datetime
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[CheckpointOut]
+    last_checkpoint: str | None
+
+
+class FileOut(_Out):
+    id: str
+    filename: str
+    bytes: int
+    rows: int
+    format: str
+    created_at: datetime
+
+
+class FileList(BaseModel):
+    files: list[FileOut]
+
+
+class PresetOut(BaseModel):
+    id: str
+    version: int
+    title: str
+    paper_url: str
+    section: str | None = None
+    algorithm: str
+    config: dict[str, Any]
+    job: dict[str, Any] = {}
+    notes: str = ""
+    runnable: bool
+
+
+class PresetList(BaseModel):
+    presets: list[PresetOut]
+
+
+class Health(BaseModel):
+    status: str
+    database: str

@@ -1,0 +1,1 @@
+"""What the routes call: one function per action, taking a session and the authenticated user."""

@@ -1,0 +1,302 @@
+"""Job submission and control: validate a spec (optionally over a paper preset), store it, enqueue it after
+the commit; list, read, cancel and retry a user's jobs; read its events, metrics and checkpoints.
+
+Every function takes the caller's user and only ever sees that user's jobs (others' are 404). Status
+changes go through `core.states.transition`; this module never assigns `Job.status` itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, validation_error
+from core.models import Job, JobEvent, UploadedFile, User, utcnow
+from core.settings import Settings
+from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
+from engine.spec import CONFIG_CLASSES, RUNNABLE_ALGORITHMS, parse_job_spec, resolve
+
+JOB_LEVEL_FIELDS = [
+    "algorithm",
+    "name",
+    "model",
+    "dataset",
+    "eval_dataset",
+    "hardware",
+    "peft_config",
+    "distributed",
+    "config",
+    "reward_funcs",
+]
+
+
+def enqueue(session: Session, job: Job) -> None:
+    """Hand the job to its worker queue once `session` commits (nothing is sent on rollback)."""
+    from core.queue import enqueue_job  # imports Celery; only needed when a job is submitted
+
+    enqueue_job(session, job)
+
+
+# --- submission ------------------------------------------------------------------------------------
+
+
+def _apply_preset(body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    from engine.presets import UnknownPreset, apply_preset, get_preset
+
+    preset_id = body["preset"]
+    if not isinstance(preset_id, str):
+        raise ApiError(422, "invalid_spec", "preset must be a preset id string", param="preset")
+    try:
+        preset = get_preset(preset_id)
+    except UnknownPreset as exc:
+        raise ApiError(
+            422, "unknown_preset", str(exc), param="preset", remediation="GET /v1/presets lists the presets"
+        ) from None
+    if "config" in body and not isinstance(body["config"], dict):
+        raise ApiError(422, "invalid_spec", "config must be an object of overrides", param="config")
+    try:
+        return apply_preset(preset, body), preset
+    except ValueError as exc:  # the request names another algorithm than the preset's
+        raise ApiError(
+            422, "invalid_spec", str(exc), param="algorithm", remediation="drop 'algorithm' from the request"
+        ) from None
+
+
+def _known_fields(raw: dict[str, Any]) -> dict[str, list[str]]:
+    config_cls = CONFIG_CLASSES.get(str(raw.get("algorithm")))
+    return {"": JOB_LEVEL_FIELDS, "config": sorted(config_cls.model_fields) if config_cls else []}
+
+
+def _file_path(session: Session, user: User, file_id: str, param: str) -> str:
+    row = session.get(UploadedFile, file_id)
+    if row is None or row.owner_id != user.id:
+        raise ApiError(
+            422,
+            "unknown_file",
+            f"{param}: no uploaded file {file_id!r}",
+            param=param,
+            remediation="upload the dataset with POST /v1/files and use the id it returns",
+        )
+    return row.path
+
+
+def _resolve_files(session: Session, user: User, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The engine has no database: an uploaded `file_id` becomes the stored file's `path`."""
+    for key in ("dataset", "eval_dataset"):
+        ds = resolved.get(key)
+        if ds and ds.get("file_id"):
+            ds["path"] = _file_path(session, user, ds["file_id"], f"{key}.file_id")
+            ds["file_id"] = None
+    return resolved
+
+
+def submit_job(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Job:
+    """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job."""
+    preset = None
+    raw = body
+    if "preset" in body:
+        raw, preset = _apply_preset(body)
+    try:
+        spec = parse_job_spec(raw)
+    except ValidationError as exc:
+        # loc[0] is the union tag (the algorithm), not a field
+        raise validation_error(exc.errors(), strip=1, known_fields=_known_fields(raw)) from None
+    if spec.algorithm not in RUNNABLE_ALGORITHMS:
+        raise ApiError(
+            422,
+            "algorithm_not_runnable",
+            f"algorithm {spec.algorithm!r} validates but cannot be trained yet; "
+            f"runnable now: {sorted(RUNNABLE_ALGORITHMS)}",
+            param="algorithm",
+            remediation=f"use one of {sorted(RUNNABLE_ALGORITHMS)} (or a preset for one of them)",
+        )
+    resolved = _resolve_files(session, user, resolve(spec))
+    job = Job(
+        owner_id=user.id,
+        name=spec.name or (preset.id if preset else None),
+        algorithm=spec.algorithm,
+        status=JobStatus.queued,
+        queue=spec.hardware.queue,
+        spec_submitted=body,
+        preset_id=preset.id if preset else None,
+        preset_version=preset.version if preset else None,
+        spec_resolved=resolved,
+    )
+    session.add(job)
+    session.flush()  # assigns the id
+    job.output_dir = str(settings.jobs_dir / job.id)
+    record_created(session, job, reason="submitted")
+    enqueue(session, job)
+    session.commit()
+    return job
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, user: User, job_id: str) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == user.id)).one_or_none()
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError(
+            422,
+            "invalid_cursor",
+            "cursor is not one this API returned",
+            param="cursor",
+            remediation="pass the next_cursor of a previous page, or omit it for the first page",
+        ) from None
+
+
+def parse_statuses(status: str | None) -> list[JobStatus]:
+    if not status:
+        return []
+    try:
+        return [JobStatus(s.strip()) for s in status.split(",") if s.strip()]
+    except ValueError:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"status: unknown status in {status!r}; known: {[s.value for s in JobStatus]}",
+            param="status",
+        ) from None
+
+
+def list_jobs(
+    session: Session,
+    user: User,
+    *,
+    statuses: list[JobStatus],
+    limit: int,
+    cursor: str | None = None,
+    offset: int = 0,
+) -> tuple[list[Job], str | None]:
+    """The user's jobs, newest first; returns (page, next_cursor or None when this is the last page)."""
+    query = select(Job).where(Job.owner_id == user.id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if cursor:
+        created, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).offset(offset).limit(limit + 1)
+    jobs = list(session.scalars(query))
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, (_encode_cursor(jobs[-1]) if more and jobs else None)
+
+
+def list_events(
+    session: Session, user: User, job_id: str, *, after: int, limit: int, kinds: list[str] | None = None
+) -> tuple[list[JobEvent], bool]:
+    """Events with id > `after`, oldest first; returns (page, has_more)."""
+    get_job(session, user, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+    if kinds:
+        query = query.where(JobEvent.kind.in_(kinds))
+    events = list(session.scalars(query.order_by(JobEvent.id).limit(limit + 1)))
+    return events[:limit], len(events) > limit
+
+
+def metrics_history(session: Session, user: User, job_id: str) -> dict[str, list[dict[str, Any]]]:
+    """`{metric key: [{step, value}, ...]}` in step order, from the job's `metrics` events."""
+    get_job(session, user, job_id)
+    rows = session.execute(
+        select(JobEvent.step, JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "metrics")
+        .order_by(JobEvent.id)
+    )
+    history: dict[str, list[dict[str, Any]]] = {}
+    for step, data in rows:
+        for key, value in (data.get("metrics") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                history.setdefault(key, []).append({"step": step, "value": float(value)})
+    return history
+
+
+def list_checkpoints(session: Session, user: User, job_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    job = get_job(session, user, job_id)
+    rows = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "checkpoint").order_by(JobEvent.id)
+    )
+    points = [
+        {"step": ev.step, "path": ev.data["path"], "created_at": ev.created_at}
+        for ev in rows
+        if ev.data.get("path")
+    ]
+    return points, job.last_checkpoint
+
+
+# --- control ---------------------------------------------------------------------------------------
+
+
+def cancel_job(session: Session, user: User, job_id: str) -> Job:
+    """queued/validating -> cancelled now; running -> cancelling (the worker stops the engine).
+
+    Cancelling a job that is already cancelling is a no-op; a finished job is a 409.
+    """
+    get_job(session, user, job_id)
+    job = lock_job(session, job_id)  # the worker may be claiming it right now: decide on the locked row
+    if job.status == JobStatus.cancelling:
+        session.commit()
+        return job
+    if job.status not in CANCELLABLE:
+        raise ApiError(
+            409,
+            "job_not_cancellable",
+            f"job {job_id} is {job.status.value}; only {sorted(s.value for s in CANCELLABLE)} jobs can be cancelled",
+            param="job_id",
+        )
+    now = utcnow()
+    target = JobStatus.cancelling if job.status == JobStatus.running else JobStatus.cancelled
+    transition(session, job_id, target, reason=f"cancel requested by {user.name}", cancel_requested_at=now)
+    session.commit()
+    return job
+
+
+def retry_job(session: Session, user: User, job_id: str) -> Job:
+    """failed/cancelled -> queued as a new attempt (the worker resumes from the last checkpoint if any)."""
+    get_job(session, user, job_id)
+    job = lock_job(session, job_id)
+    if job.status not in RETRYABLE:
+        raise ApiError(
+            409,
+            "job_not_retryable",
+            f"job {job_id} is {job.status.value}; only {sorted(s.value for s in RETRYABLE)} jobs can be retried",
+            param="job_id",
+        )
+    transition(
+        session,
+        job_id,
+        JobStatus.queued,
+        reason=f"retry requested by {user.name}",
+        error=None,
+        finished_at=None,
+        cancel_requested_at=None,
+        worker_id=None,
+        heartbeat_at=None,
+        # a user retry always gets at least one more run, whatever automatic retries used up
+        max_attempts=max(job.max_attempts, job.attempt + 1),
+    )
+    enqueue(session, job)
+    session.commit()
+    return job

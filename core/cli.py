@@ -1,0 +1,129 @@
+"""The `papertrain` command (also `python -m core.cli`): migrate the database, create tokens, start the
+platform.
+
+    papertrain up                       # embedded mode: migrate, admin token, worker + api + dashboard
+    papertrain migrate                  # alembic upgrade head on PAPERTRAIN_DATABASE_URL
+    papertrain create-token --user NAME [--name LABEL]
+    papertrain api | papertrain worker [--queues cpu,gpu-1]
+
+Settings come from the environment (`PAPERTRAIN_*`, see core.settings); this module only wires commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from core.settings import Settings, get_settings
+
+ADMIN_USER = "admin"
+
+
+def cmd_migrate(settings: Settings) -> None:
+    from core.db import migrate
+
+    settings.ensure_dirs()
+    migrate(settings.database_url)
+    print(f"database is at the latest revision: {settings.database_url}")
+
+
+def cmd_create_token(settings: Settings, user: str, name: str) -> None:
+    from core.auth import create_user_and_token
+    from core.db import check_migrated, get_engine, session_scope
+
+    engine = get_engine(settings.database_url)
+    check_migrated(engine)
+    with session_scope(engine) as session:
+        _, raw = create_user_and_token(session, user, name)
+    print(raw)
+
+
+def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
+    """The local admin token from `{var_dir}/admin-token`, created on first start. Returns (token, created)."""
+    from core.auth import authenticate, create_user_and_token
+    from core.db import get_engine, session_scope
+
+    path = Path(settings.var_dir) / "admin-token"
+    with session_scope(get_engine(settings.database_url)) as session:
+        if path.exists():
+            raw = path.read_text().strip()
+            if authenticate(session, raw) is not None:
+                return raw, False
+        _, raw = create_user_and_token(session, ADMIN_USER, "embedded-admin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(raw + "\n")
+    return raw, True
+
+
+def cmd_up(settings: Settings) -> None:
+    cmd_migrate(settings)
+    raw, created = ensure_admin_token(settings)
+    token_file = Path(settings.var_dir) / "admin-token"
+    if created:
+        print(f"admin token (also written to {token_file}):\n\n    {raw}\n")
+    else:
+        print(f"admin token: see {token_file}")
+    print(f"dashboard: http://{settings.host}:{settings.port}/")
+    from core.launcher import run_embedded
+
+    run_embedded(settings)
+
+
+def cmd_worker(settings: Settings, queues: str | None) -> None:
+    from worker.main import run_worker
+
+    if queues:
+        settings = settings.model_copy(update={"worker_queues": queues})
+    run_worker(settings, settings.queues)
+
+
+def cmd_api(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run("api.main:create_app", factory=True, host=settings.host, port=settings.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="papertrain", description="Self-hosted LLM post-training platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create or upgrade the database schema (alembic upgrade head)")
+    token = sub.add_parser("create-token", help="create a user if needed and print a new API token once")
+    token.add_argument("--user", required=True, help="user name (created if missing)")
+    token.add_argument("--name", default="default", help="label for the token")
+    sub.add_parser("up", help="embedded mode: migrate, ensure an admin token, run worker + api + dashboard")
+    worker = sub.add_parser("worker", help="run a worker")
+    worker.add_argument(
+        "--queues", default=None, help="comma-separated queues (default: settings.worker_queues)"
+    )
+    sub.add_parser("api", help="run the API server only (uvicorn)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    from core.db import NotMigratedError
+
+    try:
+        if args.command == "migrate":
+            cmd_migrate(settings)
+        elif args.command == "create-token":
+            cmd_create_token(settings, args.user, args.name)
+        elif args.command == "up":
+            cmd_up(settings)
+        elif args.command == "worker":
+            cmd_worker(settings, args.queues)
+        elif args.command == "api":
+            cmd_api(settings)
+    except NotMigratedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

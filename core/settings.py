@@ -1,0 +1,80 @@
+"""Platform settings, read once at the process edge (`get_settings()`); nothing deeper reads the environment.
+
+Every field can be set with a `PAPERTRAIN_` environment variable (`PAPERTRAIN_DATABASE_URL=...`).
+The defaults are the embedded mode: SQLite, a server-less broker and a local MLflow store, all under
+`var_dir`. Derived defaults follow `var_dir`; explicitly given values are taken as they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _derived_defaults(var_dir: Path) -> dict[str, Any]:
+    return {
+        "database_url": f"sqlite:///{var_dir}/papertrain.db",
+        "broker_url": f"sqla+sqlite:///{var_dir}/broker.sqlite",
+        "mlflow_tracking_uri": f"sqlite:///{var_dir}/mlflow.db",
+        "mlflow_artifact_root": var_dir / "mlartifacts",
+        "jobs_dir": var_dir / "jobs",
+        "uploads_dir": var_dir / "uploads",
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAPERTRAIN_", extra="ignore", frozen=True)
+
+    var_dir: Path = Path("./var")
+    # The six defaults below are placeholders: `_fill_derived` puts them under var_dir unless given.
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; default sqlite:///{var_dir}/papertrain.db"
+    )
+    broker_url: str = Field(default="", description="Celery broker; default a server-less SQLite transport")
+    mlflow_tracking_uri: str = Field(default="", description="default sqlite:///{var_dir}/mlflow.db")
+    mlflow_artifact_root: Path = Field(default=Path(), description="default {var_dir}/mlartifacts")
+    jobs_dir: Path = Field(default=Path(), description="one output folder per job; default {var_dir}/jobs")
+    uploads_dir: Path = Field(default=Path(), description="uploaded datasets; default {var_dir}/uploads")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    heartbeat_interval_s: float = Field(default=5, gt=0)
+    heartbeat_timeout_s: float = Field(default=120, gt=0)
+    cancel_grace_s: float = Field(default=5, ge=0)
+    worker_queues: str = "cpu"
+    engine_python: str = sys.executable
+    embedded: bool = True
+    max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1, description="largest accepted dataset upload"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_derived(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        var_dir = Path(data.get("var_dir") or "./var").expanduser().resolve()
+        data["var_dir"] = var_dir
+        for key, value in _derived_defaults(var_dir).items():
+            if data.get(key) in (None, ""):
+                data[key] = value
+        return data
+
+    @property
+    def queues(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders the platform writes to (idempotent)."""
+        for path in (self.var_dir, self.jobs_dir, self.uploads_dir, self.mlflow_artifact_root):
+            Path(path).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
