@@ -19,7 +19,14 @@ class StrictModel(BaseModel):
 
 BUNDLED_MODELS = {"smollm2-135m-instruct"}
 TINY_MODELS = {"llama"}  # random weights built from a config, with a code-built tokenizer (tests)
-BUILTIN_DATASETS = {"arithmetic", "preferences", "chat", "unpaired"}
+# Which algorithms each built-in set feeds (its format is known in advance, so a mismatch is a 422).
+BUILTIN_DATASET_ALGORITHMS = {
+    "arithmetic": {"grpo", "gfpo", "papo", "minillm", "rloo"},
+    "chat": {"sft", "gkd", "gold"},
+    "preferences": {"dpo", "cpo", "reward", "kto", "bco"},
+    "unpaired": {"kto", "bco"},
+}
+BUILTIN_DATASETS = set(BUILTIN_DATASET_ALGORITHMS)
 
 
 def check_model_ref(value: str) -> str:

@@ -72,7 +72,9 @@ class GenerationArgs(TrainingArgs):
             )
         fields = type(self).model_fields
         vllm_fields = {
-            f for f in fields if f.startswith("vllm_") and f != "vllm_mode" and getattr(self, f) != fields[f].default
+            f
+            for f in fields
+            if f.startswith("vllm_") and f != "vllm_mode" and getattr(self, f) != fields[f].default
         }
         if vllm_fields and not self.use_vllm:
             raise SpecError(

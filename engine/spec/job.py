@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from engine.spec.base import (
+    BUILTIN_DATASET_ALGORITHMS,
     DatasetSpec,
     DistributedSpec,
     HardwareSpec,
@@ -49,6 +50,14 @@ class _JobBase(StrictModel):
 
     @model_validator(mode="after")
     def _fits(self) -> _JobBase:
+        algorithm = getattr(self, "algorithm", None)
+        for field, ds in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
+            if ds is not None and ds.builtin and algorithm not in BUILTIN_DATASET_ALGORITHMS[ds.builtin]:
+                fits = sorted(k for k, algos in BUILTIN_DATASET_ALGORITHMS.items() if algorithm in algos)
+                raise SpecError(
+                    f"{field}.builtin",
+                    f"the built-in {ds.builtin!r} set does not fit algorithm {algorithm!r}; use one of {fits}",
+                )
         cfg = getattr(self, "config", None)
         if cfg is not None and getattr(cfg, "use_vllm", False) and self.hardware.accelerator != "gpu":
             raise SpecError(

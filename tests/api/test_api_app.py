@@ -69,3 +69,11 @@ def test_operation_ids_are_stable(app) -> None:
         "get_preset",
         "healthz",
     }
+
+
+def test_docs_are_served_without_a_cdn(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/swagger/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    assert client.get("/swagger/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "papertrain"

@@ -14,13 +14,27 @@ import pytest
 
 from engine.presets import apply_preset, load_presets
 from engine.spec import parse_job_spec
+from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
 
 INDEX = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper-index.md"
 CONFIG_TO_ALGORITHM = {
-    "GRPOConfig": "grpo", "DPOConfig": "dpo", "KTOConfig": "kto", "SFTConfig": "sft", "RLOOConfig": "rloo",
-    "CPOConfig": "cpo", "RewardConfig": "reward", "GKDConfig": "gkd", "GOLDConfig": "gold", "PAPOConfig": "papo",
+    "GRPOConfig": "grpo",
+    "DPOConfig": "dpo",
+    "KTOConfig": "kto",
+    "SFTConfig": "sft",
+    "RLOOConfig": "rloo",
+    "CPOConfig": "cpo",
+    "RewardConfig": "reward",
+    "GKDConfig": "gkd",
+    "GOLDConfig": "gold",
+    "PAPOConfig": "papo",
 }
-BASE = {"model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+BASE = {"model": "tiny:llama"}
+
+
+def _dataset(algorithm: str) -> dict:
+    fits = [name for name, algos in BUILTIN_DATASET_ALGORITHMS.items() if algorithm in algos]
+    return {"builtin": fits[0]}
 
 
 def _add_missing_commas(code: str) -> str:
@@ -31,7 +45,7 @@ def _add_missing_commas(code: str) -> str:
         nxt = lines[i + 1].strip()
         argument_line = re.match(r"\s+\w+=", body) is not None
         if argument_line and not body.endswith((",", "(")) and re.match(r"\w+=", nxt):
-            lines[i] = body + "," + line[len(body):]
+            lines[i] = body + "," + line[len(body) :]
     return "\n".join(lines)
 
 
@@ -52,7 +66,7 @@ BLOCKS = _blocks()
 
 
 def _job(algorithm: str, config: dict) -> dict:
-    job = {**BASE, "algorithm": algorithm, "config": config}
+    job = {**BASE, "dataset": _dataset(algorithm), "algorithm": algorithm, "config": config}
     if config.get("use_vllm"):
         job["hardware"] = {"accelerator": "gpu", "gpus": 1}
     return job
@@ -77,8 +91,10 @@ def test_paper_index_block_is_accepted_as_written(algorithm, config):
 @pytest.mark.parametrize("algorithm,config", BLOCKS, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BLOCKS)])
 def test_paper_index_block_has_a_preset_with_its_exact_values(algorithm, config):
     matches = [
-        p for p in load_presets().values()
-        if p.algorithm in (algorithm, "gfpo") and all(p.config.get(k, _MISSING) == v for k, v in config.items())
+        p
+        for p in load_presets().values()
+        if p.algorithm in (algorithm, "gfpo")
+        and all(p.config.get(k, _MISSING) == v for k, v in config.items())
     ]
     assert matches, f"no preset carries {config}"
 
@@ -89,13 +105,20 @@ _MISSING = object()
 @pytest.mark.parametrize("preset_id", sorted(load_presets()))
 def test_every_preset_builds_a_valid_job(preset_id):
     preset = load_presets()[preset_id]
-    spec = parse_job_spec(apply_preset(preset, BASE))
+    spec = parse_job_spec(apply_preset(preset, {**BASE, "dataset": _dataset(preset.algorithm)}))
     assert spec.algorithm == preset.algorithm
 
 
 def test_preset_overrides_win_and_keep_the_rest():
     preset = load_presets()["dapo"]
-    raw = apply_preset(preset, {**BASE, "config": {"max_completion_length": 32, "per_device_train_batch_size": 8}})
+    raw = apply_preset(
+        preset,
+        {
+            **BASE,
+            "dataset": _dataset("grpo"),
+            "config": {"max_completion_length": 32, "per_device_train_batch_size": 8},
+        },
+    )
     spec = parse_job_spec(raw)
     assert spec.config.max_completion_length == 32
     assert spec.config.epsilon_high == 0.28

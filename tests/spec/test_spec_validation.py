@@ -12,6 +12,8 @@ from engine.spec import RUNNABLE_ALGORITHMS, parse_job_spec, resolve
 from engine.spec.base import SpecError
 
 BASE = {"model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+PREF = {"model": "tiny:llama", "dataset": {"builtin": "preferences"}}
+CHAT = {"model": "tiny:llama", "dataset": {"builtin": "chat"}}
 
 
 def grpo(**config):
@@ -27,7 +29,7 @@ def error_of(raw) -> tuple[tuple, str, str | None]:
 
 
 def test_minimal_job_resolves_every_default():
-    resolved = resolve(parse_job_spec({**BASE, "algorithm": "sft"}))
+    resolved = resolve(parse_job_spec({**CHAT, "algorithm": "sft"}))
     assert resolved["config"]["learning_rate"] == 2e-5
     assert resolved["config"]["loss_type"] == "nll"
     assert resolved["hardware"] == {"accelerator": "cpu", "gpus": 0}
@@ -56,7 +58,7 @@ def test_unknown_loss_type_is_named():
 
 
 def test_unknown_dpo_loss_type_lists_known_names():
-    _, msg, field = error_of({**BASE, "algorithm": "dpo", "config": {"loss_type": ["sigmoid", "nope"]}})
+    _, msg, field = error_of({**PREF, "algorithm": "dpo", "config": {"loss_type": ["sigmoid", "nope"]}})
     assert field == "loss_type" and "'nope'" in msg and "apo_zero" in msg
 
 
@@ -96,15 +98,17 @@ def test_epsilon_high_below_epsilon_rejected():
 
 
 def test_exo_pair_smoothing():
-    spec = parse_job_spec({**BASE, "algorithm": "dpo", "config": {"loss_type": "exo_pair"}})
+    spec = parse_job_spec({**PREF, "algorithm": "dpo", "config": {"loss_type": "exo_pair"}})
     assert spec.config.effective_label_smoothing == 1e-3
-    _, msg, field = error_of({**BASE, "algorithm": "dpo", "config": {"loss_type": "exo_pair", "label_smoothing": 0}})
+    _, msg, field = error_of(
+        {**PREF, "algorithm": "dpo", "config": {"loss_type": "exo_pair", "label_smoothing": 0}}
+    )
     assert field == "label_smoothing" and "1e-3" in msg
 
 
 def test_aot_pair_and_aot_unpaired_both_accepted():
     for name in ("aot_pair", "aot_unpaired"):
-        parse_job_spec({**BASE, "algorithm": "dpo", "config": {"loss_type": name}})
+        parse_job_spec({**PREF, "algorithm": "dpo", "config": {"loss_type": name}})
 
 
 @pytest.mark.parametrize(
@@ -146,3 +150,9 @@ def test_engine_spec_import_does_not_import_torch():
     code = "import sys, engine.spec, engine.presets; engine.presets.load_presets(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_builtin_dataset_must_fit_the_algorithm():
+    _, msg, field = error_of({**BASE, "algorithm": "sft"})
+    assert field == "dataset.builtin" and "'chat'" in msg
+    parse_job_spec({**BASE, "algorithm": "sft", "dataset": {"builtin": "chat"}})
