@@ -1,0 +1,98 @@
+"""Start a worker process: `python -m worker.main --queues cpu` (or `papertrain worker`).
+
+One worker runs one job at a time (Celery's solo pool, prefetch 1): the job's engine is a child process
+that owns the machine's accelerators, so a second concurrent job would only compete for them. Run more
+worker processes for more parallelism. Next to the consumer, a daemon thread reaps jobs whose worker died.
+
+On SIGTERM/SIGINT (Celery's warm shutdown) the running engine is stopped and its job re-queued, so the
+next worker resumes it from its last checkpoint. This module does not migrate the database: it refuses
+to start on an unmigrated one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from celery import signals
+
+from core.celery_app import make_celery
+from core.db import check_migrated, get_engine
+
+log = logging.getLogger(__name__)
+
+
+def _queues(queues: str | Sequence[str] | None, settings: Any) -> list[str]:
+    if queues is None:
+        return list(settings.queues)
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    found = [q.strip() for q in queues if q.strip()]
+    if not found:
+        raise ValueError("worker queues must name at least one queue, e.g. 'cpu' or 'cpu,gpu-1'")
+    return found
+
+
+def _on_shutting_down(**_: Any) -> None:
+    from worker.tasks import SHUTDOWN
+
+    SHUTDOWN.set()
+
+
+def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, loglevel: str = "INFO") -> None:
+    """Consume `queues` (default `settings.worker_queues`) until stopped; blocks."""
+    names = _queues(queues, settings)
+    check_migrated(get_engine(settings.database_url))
+    settings.ensure_dirs()
+    app = make_celery(settings)
+
+    from worker import tasks
+    from worker.reaper import run_reaper
+
+    signals.worker_shutting_down.connect(_on_shutting_down, weak=False)
+    stop_reaper = threading.Event()
+    reaper = threading.Thread(
+        target=run_reaper,
+        args=(tasks.session_factory_for(settings.database_url),),
+        kwargs={"heartbeat_timeout_s": float(settings.heartbeat_timeout_s), "stop": stop_reaper},
+        name="reaper",
+        daemon=True,
+    )
+    reaper.start()
+    log.info("worker consuming %s from %s", names, settings.broker_url)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={','.join(names)}",
+                f"--loglevel={loglevel}",
+                f"--hostname=papertrain-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        stop_reaper.set()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--queues", default=None, help="comma-separated queues (default: PAPERTRAIN_WORKER_QUEUES)"
+    )
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+    from core.settings import get_settings
+
+    run_worker(get_settings(), args.queues, loglevel=args.loglevel)
+
+
+if __name__ == "__main__":
+    main()

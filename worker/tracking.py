@@ -1,0 +1,260 @@
+"""The MLflow sink: one MLflow run per job, fed from the engine's event stream on a background thread.
+
+    tracker = MlflowTracker(uri, artifact_root, job_id=..., run_name=..., params=flatten(spec_resolved))
+    tracker.start()
+    tracker.on_event(event)          # never blocks, never raises
+    tracker.close("FINISHED")        # drains what it can within a timeout
+
+What goes where: params = the flattened resolved spec (`config.learning_rate`, `model`, ...), metrics =
+every `metrics` event at its step, samples = `samples/step_000010.json`, checkpoints =
+`checkpoints/<folder name>`, the final model = `model/`. A resumed job logs into the same run.
+
+Failure-tolerant by design: MLflow being down, slow or misconfigured logs a warning and retries with
+backoff; it never raises into the runner and never fails a job (the job's own event rows in the
+database hold the same metrics). What is still unsent when the job ends is dropped with a warning.
+mlflow is imported on the background thread only, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_NAME = "papertrain"
+MAX_PARAM_VALUE_CHARS = 6000  # MLflow's limit
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+MAX_PENDING_METRICS = 100_000
+_CLOSE = object()
+
+
+def flatten_params(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"config": {"beta": 0.1}}` -> `{"config.beta": "0.1"}`; lists and None are written as JSON."""
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, f"{name}."))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        out[name] = text[:MAX_PARAM_VALUE_CHARS]
+    return out
+
+
+class MlflowTracker:
+    """Buffers events in memory and sends them to MLflow from one daemon thread."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_root: str | Path,
+        *,
+        job_id: str,
+        run_name: str | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+        run_id: str | None = None,
+        experiment: str = EXPERIMENT_NAME,
+        flush_interval_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root)
+        self.job_id = job_id
+        self.run_name = run_name or job_id
+        self.params = params or {}
+        self.tags = {"papertrain.job_id": job_id, **(tags or {})}
+        self.experiment = experiment
+        self.flush_interval_s = flush_interval_s
+        self.max_backoff_s = max_backoff_s
+        self.warnings: list[str] = []
+        self._run_id = run_id
+        self._resumed = run_id is not None
+        self._params_logged = False
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._metrics: deque[tuple[str, float, int, int]] = deque(maxlen=MAX_PENDING_METRICS)
+        self._artifacts: deque[tuple[str, Any, str]] = deque()
+        self._client: Any = None
+        self._thread = threading.Thread(target=self._loop, name=f"mlflow-{job_id}", daemon=True)
+        self._failing_since: float | None = None
+        self._backoff_s = 1.0
+        self._retry_at = 0.0
+        self.dropped = 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    def start(self) -> MlflowTracker:
+        self._thread.start()
+        return self
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self._inbox.put(event)
+
+    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> bool:
+        """End the run with `status` (FINISHED / FAILED / KILLED); True if everything was sent in time."""
+        if self._thread.ident is None:  # never started
+            return not self._metrics and not self._artifacts
+        self._inbox.put((_CLOSE, status))
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._warn(
+                f"MLflow did not finish within {timeout_s:.0f}s; the rest of this job's data is dropped"
+            )
+            return False
+        return not self._metrics and not self._artifacts and self._failing_since is None
+
+    # -- background thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        closing: str | None = None
+        next_flush = time.monotonic() + self.flush_interval_s
+        while closing is None:
+            try:
+                item = self._inbox.get(timeout=max(0.05, next_flush - time.monotonic()))
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if isinstance(item, tuple) and item and item[0] is _CLOSE:
+                    closing = item[1]
+                else:
+                    self._accept(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            now = time.monotonic()
+            if closing is None and now < next_flush:
+                continue
+            next_flush = now + self.flush_interval_s
+            if closing is not None or now >= self._retry_at:
+                self._try_flush()
+        self._finish(closing)
+
+    def _accept(self, event: dict[str, Any]) -> None:
+        type_, step = event.get("type"), event.get("step")
+        step = step if isinstance(step, int) else 0
+        ts_ms = int(float(event.get("ts") or time.time()) * 1000)
+        if type_ == "metrics":
+            for key, value in (event.get("metrics") or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    if len(self._metrics) == self._metrics.maxlen:
+                        self.dropped += 1
+                    self._metrics.append((str(key), float(value), ts_ms, step))
+        elif type_ == "samples":
+            payload = {"step": step, "samples": event.get("samples") or []}
+            self._artifacts.append(("dict", payload, f"samples/step_{step:06d}.json"))
+        elif type_ == "checkpoint" and event.get("path"):
+            self._artifacts.append(("dir", str(event["path"]), f"checkpoints/{Path(event['path']).name}"))
+        elif type_ == "done" and event.get("final_path"):
+            self._artifacts.append(("dir", str(event["final_path"]), "model"))
+        elif type_ == "error":
+            self._artifacts.append(("dict", {k: v for k, v in event.items() if k != "type"}, "error.json"))
+
+    def _try_flush(self) -> None:
+        try:
+            self._flush()
+        except Exception as exc:
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+                self._warn(
+                    f"MLflow at {self.tracking_uri} failed ({type(exc).__name__}: {exc}); the job goes on, "
+                    "its metrics stay in the job's events, MLflow logging will be retried"
+                )
+            self._retry_at = now + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
+        else:
+            if self._failing_since is not None:
+                log.info("job %s: MLflow at %s answers again", self.job_id, self.tracking_uri)
+            self._failing_since = None
+            self._backoff_s = 1.0
+
+    def _flush(self) -> None:
+        client = self._ensure_run()
+        from mlflow.entities import Metric
+
+        while self._metrics:
+            batch = [self._metrics[i] for i in range(min(METRICS_PER_BATCH, len(self._metrics)))]
+            client.log_batch(self._run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in batch])
+            for _ in batch:
+                self._metrics.popleft()
+        while self._artifacts:
+            kind, payload, artifact_path = self._artifacts[0]
+            if kind == "dict":
+                client.log_dict(self._run_id, payload, artifact_path)
+            elif Path(payload).is_dir():
+                client.log_artifacts(self._run_id, payload, artifact_path)
+            else:  # the engine may already have rotated an old checkpoint away
+                self._warn(f"artifact folder {payload} is gone; not logged to MLflow")
+            self._artifacts.popleft()
+
+    def _ensure_run(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = self._client
+        if self._run_id is None:
+            experiment_id = self._experiment_id(client)
+            run = client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
+            self._run_id = run.info.run_id
+        elif self._resumed:
+            client.update_run(self._run_id, status="RUNNING")
+            self._resumed = False
+        if not self._params_logged:
+            self._log_params(client)
+            self._params_logged = True
+        return client
+
+    def _experiment_id(self, client: Any) -> str:
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifact_root / self.experiment).resolve().as_uri()
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # another worker created it first
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _log_params(self, client: Any) -> None:
+        from mlflow.entities import Param
+
+        items = sorted(self.params.items())
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            batch = [Param(k, v) for k, v in items[i : i + PARAMS_PER_BATCH]]
+            try:
+                client.log_batch(self._run_id, params=batch)
+            except Exception as exc:
+                if self._run_id and "already logged" in str(exc).lower():
+                    continue  # a resumed run re-sends the same params; MLflow keeps the first values
+                raise
+
+    def _finish(self, status: str) -> None:
+        # The loop has just made its last flush attempt.
+        if self._metrics or self._artifacts:
+            self._warn(
+                f"MLflow: {len(self._metrics)} metric values and {len(self._artifacts)} artifacts of job "
+                f"{self.job_id} were not sent"
+            )
+        if self._run_id is not None and self._failing_since is None:
+            try:
+                self._client.set_terminated(self._run_id, status=status)
+            except Exception as exc:
+                self._warn(f"MLflow: could not end run {self._run_id} ({exc})")
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("job %s: %s", self.job_id, message)
