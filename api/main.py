@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
 from api.routes import files, health, jobs, presets
+from core.celery_app import configure_celery
 from core.db import NotMigratedError, check_migrated, make_engine
 from core.settings import Settings, get_settings
 
@@ -31,6 +32,7 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_celery(settings)  # jobs go to this settings' broker, whatever the environment says
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
