@@ -1,0 +1,585 @@
+"""What every training loop shares: context, precision, optimizer, schedule, batches, metrics, checkpoints.
+
+A loop is built from these pieces (see `sft.py`, `dpo.py`):
+
+    ctx.device / ctx.dtype / ctx.autocast()     where and in what precision the forward runs
+    build_optimizer(model, cfg), build_scheduler(opt, cfg, total_steps)
+    BatchStream(lengths, batch_size, seed)      length-bucketed, resumable micro-batch order
+    StepMetrics(device)                         on-device accumulation, one host transfer per log
+    Checkpointer(out_dir / "checkpoints", ...)  model/adapter + optimizer + scheduler + RNG + data position
+    run_offline_loop(ctx, parts)                the gradient-accumulation loop for offline algorithms
+
+Losses are not computed here: they come from `engine.losses`, already normalised by the global count of
+the whole optimizer step, so the loop backwards each micro-batch loss as is and never divides by
+gradient_accumulation_steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.events import EventWriter, NullEvents
+
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainingStopped(Exception):
+    """Raised at a micro-step boundary after SIGTERM; `python -m engine.train` exits 143 on it."""
+
+
+# ------------------------------------------------------------------------------------------- context
+
+
+def choose_device(spec: Any) -> torch.device:
+    """cuda (the local rank's device) for GPU jobs when CUDA is present, else cpu."""
+    if spec.hardware.accelerator == "gpu" and torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def choose_dtype(cfg: Any, device: torch.device) -> torch.dtype:
+    """The compute dtype: `bf16` None -> bfloat16 on CUDA, float32 on CPU; `fp16` -> float16."""
+    if getattr(cfg, "fp16", False):
+        return torch.float16
+    bf16 = getattr(cfg, "bf16", None)
+    if bf16 is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+@dataclass
+class TrainContext:
+    """Everything a loop needs besides the spec's own fields. `stop` is set by the SIGTERM handler."""
+
+    spec: Any
+    out_dir: Path
+    events: EventWriter = field(default_factory=NullEvents)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    stop: threading.Event = field(default_factory=threading.Event)
+    seed: int = 42
+    resume: bool = False
+    cache_dir: Path | None = None  # model cache (None: engine.models.default_cache_dir())
+    uploads_dir: Path = Path("var/uploads")  # where uploaded dataset files live
+    step: int = 0  # the last completed optimizer step (kept up to date by the loops)
+
+    @classmethod
+    def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:
+        device = kw.pop("device", None) or choose_device(spec)
+        dtype = kw.pop("dtype", None) or choose_dtype(spec.config, device)
+        return cls(spec=spec, out_dir=Path(out_dir), device=device, dtype=dtype, seed=spec.config.seed, **kw)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward when the compute dtype is not float32 (weights stay float32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise TrainingStopped("stopped by SIGTERM")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+
+# ----------------------------------------------------------------------------------- optimizer, schedule
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over trainable parameters; biases and norm weights get no weight decay (HF rule)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters (check peft_config.target_modules)")
+    decay = [p for n, p in named if not _no_decay(n, p)]
+    no_decay = [p for n, p in named if _no_decay(n, p)]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optim == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate)
+    fused = cfg.optim == "adamw_torch_fused" and all(p.is_cuda for _, p in named)
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        fused=fused or None,
+    )
+
+
+def warmup_steps(cfg: Any, total_steps: int) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> Any:
+    """The HF schedule named by `lr_scheduler_type`, with `warmup_steps` (or `warmup_ratio` of the total)."""
+    from transformers import get_scheduler
+
+    kwargs: dict[str, Any] = {}
+    if cfg.lr_scheduler_type == "cosine_with_min_lr":
+        kwargs["min_lr_rate"] = 0.1
+    return get_scheduler(
+        cfg.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_steps),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=kwargs or None,
+    )
+
+
+def clip_gradients(parameters: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` (0: no clipping); returns the pre-clip total norm as a device tensor (no sync)."""
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+def plan_epoch(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True, window: int = 64
+) -> list[list[int]]:
+    """Micro-batches (lists of row indices) for one epoch, bucketed by length to keep padding small.
+
+    Rows are permuted (seeded by `seed` and `epoch`; identity when `shuffle` is False), cut into windows of
+    `window` batches, each window sorted by length and split into batches, and the batches of the epoch are
+    then shuffled. Every row appears exactly once; the last batch may be smaller.
+    """
+    n = len(lengths)
+    if n == 0:
+        raise ValueError("the dataset has no usable rows")
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+    span = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, n, span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    if shuffle:
+        perm = torch.randperm(len(batches), generator=gen).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+class BatchStream:
+    """An endless, resumable sequence of micro-batches over epochs. `position` / `restore()` round-trip."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.index = 0
+        self._plan = plan_epoch(self.lengths, batch_size, seed, 0, shuffle)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._plan)
+
+    @property
+    def epoch_float(self) -> float:
+        return self.epoch + self.index / len(self._plan)
+
+    @property
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, position: dict[str, int]) -> None:
+        self.epoch, self.index = int(position["epoch"]), int(position["index"])
+        self._plan = plan_epoch(self.lengths, self.batch_size, self.seed, self.epoch, self.shuffle)
+
+    def next(self) -> list[int]:
+        if self.index >= len(self._plan):
+            self.epoch += 1
+            self.index = 0
+            self._plan = plan_epoch(self.lengths, self.batch_size, self.seed, self.epoch, self.shuffle)
+        batch = self._plan[self.index]
+        self.index += 1
+        return batch
+
+    def take(self, n: int) -> list[list[int]]:
+        return [self.next() for _ in range(n)]
+
+
+def total_optimizer_steps(cfg: Any, batches_per_epoch: int) -> int:
+    """`max_steps` when > 0, else ceil(num_train_epochs * batches_per_epoch / gradient_accumulation_steps)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.num_train_epochs * batches_per_epoch / cfg.gradient_accumulation_steps))
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+class StepMetrics:
+    """Metric accumulator that stays on the device until `compute()`, which does one host transfer.
+
+    `add_sum(name, value)` adds values (e.g. globally normalised micro-batch losses, which sum to the
+    step's loss); `add_mean(name, value, weight)` keeps a weighted mean (value is a sum over `weight` items
+    or a mean when `weight` is a count given with `is_sum=False`). Several optimizer steps may accumulate
+    before a log; sums are then averaged over those steps.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._sums: dict[str, list[torch.Tensor]] = {}
+        self._means: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._scalars: dict[str, float] = {}
+        self.steps = 0
+
+    def _t(self, value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.detach().float().reshape(())
+        return torch.tensor(float(value), device=self.device)
+
+    def add_sum(self, name: str, value: Any) -> None:
+        self._sums.setdefault(name, []).append(self._t(value))
+
+    def add_mean(self, name: str, total: Any, weight: Any) -> None:
+        """Adds `total` (a sum over `weight` items) to a running weighted mean."""
+        self._means.setdefault(name, []).append((self._t(total), self._t(weight)))
+
+    def set(self, name: str, value: float) -> None:
+        """A host-side scalar (e.g. the learning rate): no transfer needed."""
+        self._scalars[name] = float(value)
+
+    def end_step(self) -> None:
+        self.steps += 1
+
+    def compute(self) -> dict[str, float]:
+        """All metrics as floats with one device->host transfer; resets the accumulator."""
+        names: list[str] = []
+        parts: list[torch.Tensor] = []
+        steps = max(1, self.steps)
+        for name, values in self._sums.items():
+            names.append(name)
+            parts.append(torch.stack([v.to(self.device) for v in values]).sum() / steps)
+        for name, pairs in self._means.items():
+            names.append(name)
+            tot = torch.stack([t.to(self.device) for t, _ in pairs]).sum()
+            wt = torch.stack([w.to(self.device) for _, w in pairs]).sum()
+            parts.append(torch.where(wt > 0, tot / wt.clamp(min=1e-12), torch.full_like(tot, float("nan"))))
+        out: dict[str, float] = dict.fromkeys(names, 0.0)
+        if parts:
+            out = dict(zip(names, torch.stack(parts).tolist(), strict=True))
+        out.update(self._scalars)
+        self._sums.clear()
+        self._means.clear()
+        self._scalars.clear()
+        self.steps = 0
+        return out
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_weights(model: Any, path: str | Path) -> None:
+    """Load the weights saved by `engine.models.save_model` at `path` into `model` in place."""
+    from safetensors.torch import load_file
+
+    from engine.models import is_peft_model, unwrap
+
+    path = Path(path)
+    model = unwrap(model)
+    if is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        return
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights under {path}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
+        tied = set(model._tied_weights_keys)
+    really_missing = [k for k in missing if k not in tied]
+    if really_missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path} does not match the model: missing {really_missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+class Checkpointer:
+    """Writes `checkpoint-<step>/` folders (model or adapter, tokenizer, `trainer_state.pt`) under `root`,
+    keeping at most `save_total_limit` of them (None keeps all). Folders appear atomically (renamed from a
+    temporary name), so `latest()` never returns a half-written checkpoint."""
+
+    def __init__(self, root: str | Path, save_total_limit: int | None = None) -> None:
+        self.root = Path(root)
+        self.save_total_limit = save_total_limit
+
+    def all(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            step = p.name.removeprefix("checkpoint-")
+            if (
+                p.is_dir()
+                and p.name.startswith("checkpoint-")
+                and step.isdigit()
+                and (p / STATE_FILE).exists()
+            ):
+                found.append((int(step), p))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(
+        self,
+        step: int,
+        model: Any,
+        tokenizer: Any,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any,
+        data_position: dict[str, int] | None = None,
+        algorithm_state: dict[str, Any] | None = None,
+        scaler: Any = None,
+    ) -> Path:
+        from engine.models import save_model
+
+        final = self.root / f"checkpoint-{step}"
+        tmp = self.root / f".checkpoint-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tokenizer, tmp)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "rng": _rng_state(),
+            "data_position": data_position,
+            "algorithm_state": algorithm_state or {},
+        }
+        torch.save(state, tmp / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        if self.save_total_limit is None:
+            return
+        for old in self.all()[: -self.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(
+        self,
+        path: str | Path,
+        model: Any,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        map_location: torch.device | str = "cpu",
+    ) -> dict[str, Any]:
+        """Restore weights, optimizer, scheduler, scaler and RNG in place; return the saved state dict
+        (`step`, `data_position`, `algorithm_state`)."""
+        path = Path(path)
+        load_model_weights(model, path)
+        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=False)
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state.get("rng", {}))
+        return state
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class OfflineParts:
+    """What an offline algorithm plugs into `run_offline_loop`.
+
+    collate(indices) -> batch: builds one micro-batch on the device.
+    counts(batches) -> Any: the global counts of one optimizer step (host ints, computed before any forward).
+    micro_step(batch, counts, metrics) -> loss: forward + loss (globally normalised), adds its metrics.
+    on_step_end(step): optional hook after each optimizer step (e.g. weight averaging).
+    state_dict()/load_state_dict(d): optional algorithm state saved in checkpoints.
+    save_extra(final_dir): optional hook to write more into DIR/final (e.g. averaged weights).
+    evaluate() -> metrics: optional; run every `eval_steps` and after the last step (`evaluate_offline`).
+    """
+
+    model: Any
+    tokenizer: Any
+    stream: BatchStream
+    collate: Callable[[list[int]], Any]
+    counts: Callable[[list[Any]], Any]
+    micro_step: Callable[[Any, Any, StepMetrics], torch.Tensor]
+    on_step_end: Callable[[int], None] | None = None
+    state_dict: Callable[[], dict[str, Any]] | None = None
+    load_state_dict: Callable[[dict[str, Any]], None] | None = None
+    save_extra: Callable[[Path], None] | None = None
+    on_resume: Callable[[int], None] | None = None
+    evaluate: Callable[[], dict[str, float]] | None = None
+
+
+def run_offline_loop(ctx: TrainContext, parts: OfflineParts) -> Path:
+    """Gradient accumulation, clipping, optimizer + schedule, events, checkpoints, resume. Returns DIR/final."""
+    cfg = ctx.spec.config
+    model = parts.model
+    ga = cfg.gradient_accumulation_steps
+    total = total_optimizer_steps(cfg, parts.stream.batches_per_epoch)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)
+    checkpointer = Checkpointer(ctx.out_dir / "checkpoints", cfg.save_total_limit)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    step = 0
+    if ctx.resume:
+        latest = checkpointer.latest()
+        if latest is None:
+            ctx.events.log("resume requested but no checkpoint found; starting from step 0", level="warning")
+        else:
+            state = checkpointer.load(latest, model, optimizer, scheduler, scaler, map_location=ctx.device)
+            step = ctx.step = int(state["step"])
+            if state.get("data_position"):
+                parts.stream.restore(state["data_position"])
+            if parts.load_state_dict is not None:
+                parts.load_state_dict(state.get("algorithm_state") or {})
+            if parts.on_resume is not None:
+                parts.on_resume(step)
+            ctx.events.log(f"resumed from {latest} at step {step}")
+
+    metrics = StepMetrics(ctx.device)
+    model.train()
+    while step < total:
+        batches = [parts.collate(idx) for idx in parts.stream.take(ga)]
+        counts = parts.counts(batches)
+        for batch in batches:
+            ctx.check_stop()
+            with ctx.autocast():
+                loss = parts.micro_step(batch, counts, metrics)
+            scaler.scale(loss).backward()
+            metrics.add_sum("train/loss", loss.detach())
+        scaler.unscale_(optimizer)
+        grad_norm = clip_gradients(params, cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        ctx.step = step
+        metrics.add_sum("train/grad_norm", grad_norm)
+        metrics.end_step()
+        if parts.on_step_end is not None:
+            parts.on_step_end(step)
+        ctx.events.progress(step=step, total_steps=total, epoch=parts.stream.epoch_float)
+        if step % cfg.logging_steps == 0 or step == total:
+            metrics.set("train/learning_rate", lr)
+            metrics.set("train/epoch", parts.stream.epoch_float)
+            ctx.events.metrics(step, metrics.compute())
+        if parts.evaluate is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
+            ctx.events.metrics(step, parts.evaluate())
+        if step % cfg.save_steps == 0 or step == total:
+            path = checkpointer.save(
+                step,
+                model,
+                parts.tokenizer,
+                optimizer,
+                scheduler,
+                data_position=parts.stream.position,
+                algorithm_state=parts.state_dict() if parts.state_dict else None,
+                scaler=scaler,
+            )
+            ctx.events.checkpoint(step, str(path))
+    from engine.models import save_model
+
+    final = save_model(model, parts.tokenizer, ctx.out_dir / "final")
+    if parts.save_extra is not None:
+        parts.save_extra(final)
+    return final
+
+
+def evaluate_offline(
+    ctx: TrainContext,
+    model: Any,
+    batches: list[Any],
+    counts: Callable[[list[Any]], Any],
+    micro_step: Callable[[Any, Any, StepMetrics], torch.Tensor],
+) -> dict[str, float]:
+    """The loss and metrics of `micro_step` over a whole evaluation set (no gradients, eval mode), with the
+    set's totals as the normaliser, keyed `eval/loss` and `eval/<metric>`. One host transfer."""
+    metrics = StepMetrics(ctx.device)
+    totals = counts(batches)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), ctx.autocast():
+            for batch in batches:
+                metrics.add_sum("train/loss", micro_step(batch, totals, metrics))
+    finally:
+        model.train(was_training)
+    metrics.end_step()
+    return {("eval/loss" if k == "train/loss" else f"eval/{k}"): v for k, v in metrics.compute().items()}
+
+
+def sample_batches(
+    num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
+    """Plain batches of row indices for one epoch, no length bucketing (e.g. prompt batches of online
+    algorithms): a seeded permutation per epoch cut into `batch_size` pieces (the last may be smaller)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_rows, generator=gen).tolist() if shuffle else list(range(num_rows))
+    return [order[i : i + batch_size] for i in range(0, num_rows, batch_size)]
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,182 @@
+"""Per-token log-probabilities (and entropies) of the last K tokens, without full-batch float32 logits.
+
+    logps, ents = token_logprobs(model, input_ids, attention_mask, logits_to_keep=K, with_entropy=True)
+
+The decoder runs once to hidden states; the LM head, the float32 log-softmax and the gather then run over
+chunks of `chunk_size` (row, position) pairs, so at most `chunk_size x vocab` float32 logits exist at any
+time. With gradients enabled each chunk is activation-checkpointed: its logits are recomputed in the
+backward pass instead of being kept for it. Passing `mask` skips the head entirely on positions that do
+not count (padding, prompt), and their outputs are 0.
+
+Position t of the K outputs scores `input_ids[:, T-K+t]` from the hidden state one position earlier (the
+causal shift), so K <= T-1. Position ids come from the attention mask (cumsum - 1), which makes left- and
+right-padded rows score exactly like unpadded ones. This module knows nothing about losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Float32 logits held at once, in elements: 2**26 elements = 256 MiB (about 1365 tokens of a 49k vocab).
+LOGIT_BUDGET = 2**26
+
+
+def _parts(model: Any) -> tuple[Any, Any, Any]:
+    """(decoder that returns hidden states, LM head module, config) of a causal LM, peft-wrapped or not."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def _head_logits(head: Any, config: Any, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = head(hidden).float()
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, int | float) and scale != 1:
+        logits = logits * scale
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits
+
+
+def _chunk(
+    head: Any,
+    config: Any,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    with_log_sum_p2: bool,
+) -> torch.Tensor:
+    """(n, 1 + extras) float32: log p(target), then entropy and/or log sum_v p_v^2 when asked for."""
+    logits = _head_logits(head, config, hidden, temperature)  # (n, V) float32
+    logz = torch.logsumexp(logits, dim=-1)
+    cols = [logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz]
+    if with_entropy:
+        probs = torch.softmax(logits, dim=-1)
+        cols.append(logz - (probs * logits).sum(-1))
+    if with_log_sum_p2:
+        cols.append((torch.logsumexp(2 * logits, dim=-1) - 2 * logz).detach())
+    return torch.stack(cols, dim=-1)
+
+
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final-layer hidden states (B, T, H) after the final norm, with mask-derived position ids."""
+    decoder, _, _ = _parts(model)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    return max(1, LOGIT_BUDGET // max(1, vocab_size))
+
+
+def token_stats(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_log_sum_p2: bool = False,
+    chunk_size: int | None = None,
+    mask: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-token statistics (B, K) of the last K tokens: `logps`, and `entropies` / `log_sum_p2`
+    (log sum_v p_v^2, detached; WPO weights) when asked for. See `token_logprobs`.
+
+    `index` (optional, long): the flattened positions `mask.reshape(-1).nonzero()`, built on the host by
+    the collator; passing it avoids the device sync that `nonzero()` costs on a GPU."""
+    B, T = input_ids.shape
+    K = int(logits_to_keep)
+    if not 1 <= K <= T - 1:
+        raise ValueError(
+            f"logits_to_keep must be in [1, T-1] = [1, {T - 1}] for sequences of length {T} (got {K})"
+        )
+    _, head, config = _parts(model)
+    hidden = hidden_states(model, input_ids, attention_mask)[:, T - K - 1 : T - 1]  # (B, K, H)
+    flat_h = hidden.reshape(B * K, -1)
+    flat_t = input_ids[:, T - K :].reshape(B * K)
+    if index is None and mask is not None:
+        index = mask.reshape(B * K).nonzero().squeeze(-1)
+    if index is not None:
+        flat_h, flat_t = flat_h.index_select(0, index), flat_t.index_select(0, index)
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    size = chunk_size or default_chunk_size(vocab)
+    use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
+    width = 1 + int(with_entropy) + int(with_log_sum_p2)
+    parts = []
+    for start in range(0, flat_h.shape[0], size):
+        h, t = flat_h[start : start + size], flat_t[start : start + size]
+        args = (head, config, h, t, temperature, with_entropy, with_log_sum_p2)
+        parts.append(checkpoint(_chunk, *args, use_reentrant=False) if use_ckpt else _chunk(*args))
+    # nothing to score (all masked): an empty result still connected to the graph, so backward() works
+    flat = torch.cat(parts) if parts else flat_h.new_zeros(0, width).float() + flat_h.sum().float() * 0.0
+    if index is not None:
+        full = torch.zeros(B * K, width, dtype=torch.float32, device=input_ids.device)
+        flat = full.index_put((index,), flat)
+    flat = flat.reshape(B, K, width)
+    out = {"logps": flat[..., 0]}
+    col = 1
+    if with_entropy:
+        out["entropies"] = flat[..., col]
+        col += 1
+    if with_log_sum_p2:
+        out["log_sum_p2"] = flat[..., col]
+    return out
+
+
+def token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = None,
+    mask: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, K) of the last K tokens of `input_ids` (B, T), and their entropies (B, K) or None.
+
+    `temperature` divides the logits (same as sampling). `mask` (B, K), optional: positions where it is 0 are
+    not computed and come back as 0 (saves the LM head on padding); `index` is the same selection as
+    flattened positions, precomputed on the host (no device sync). Float32 outputs.
+    """
+    out = token_stats(
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk_size=chunk_size,
+        mask=mask,
+        index=index,
+    )
+    return out["logps"], out.get("entropies")
+
+
+def naive_token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Reference implementation for tests: full logits, log_softmax, gather. Do not use in training."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, -logits_to_keep - 1 : -1].float() / temperature
+    return F.log_softmax(logits, -1).gather(-1, input_ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1)

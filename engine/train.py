@@ -1,0 +1,110 @@
+"""Run one training job: `python -m engine.train --spec resolved.json --out DIR [--resume]`.
+
+No database, broker or MLflow: the job spec comes from a JSON file (validated by
+`engine.spec.parse_job_spec`), checkpoints go to `DIR/checkpoints/checkpoint-<step>/`, the final model to
+`DIR/final/`, and events are written to stdout, one JSON object per line (`engine.events`). Everything
+else - library prints, warnings, progress bars - goes to stderr: file descriptor 1 is redirected to 2
+before anything heavy is imported, and the event stream keeps a private duplicate of the original stdout.
+
+Exit status: 0 after `done`; 1 after an `error` event; 143 after SIGTERM (the loop stops at the next
+micro-step boundary and saves nothing extra). Settings read from the environment here, and only here:
+`PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default
+`./var/uploads`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK, EXIT_ERROR, EXIT_SIGTERM = 0, 1, 143
+
+
+def _claim_stdout() -> TextIO:
+    """Keep a private handle on the real stdout for events; point fd 1 and sys.stdout at stderr."""
+    sys.stdout.flush()
+    events_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", required=True, help="resolved job spec (JSON file)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints/, final/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = None) -> int:
+    """Parse the spec, build the context, dispatch to the algorithm. Returns the exit status.
+
+    `stop` is the flag a SIGTERM handler sets; the loops check it at every micro-step boundary."""
+    from engine.algorithms.common import TrainContext, TrainingStopped, seed_everything
+
+    stop = stop or threading.Event()
+    ctx = None
+    try:
+        from engine.spec import parse_job_spec
+
+        raw = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+        spec = parse_job_spec(raw)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        cache = os.environ.get("PAPERTRAIN_MODEL_CACHE")
+        ctx = TrainContext.for_spec(
+            spec,
+            out,
+            events=events,
+            resume=args.resume,
+            cache_dir=Path(cache) if cache else None,
+            uploads_dir=Path(os.environ.get("PAPERTRAIN_UPLOADS_DIR", "var/uploads")),
+            stop=stop,
+        )
+        ctx.check_stop()
+        if spec.hardware.accelerator == "gpu" and ctx.device.type != "cuda":
+            events.log(
+                "hardware.accelerator is 'gpu' but CUDA is not available here; running on the CPU", "warning"
+            )
+        seed_everything(ctx.seed)
+        events.log(
+            f"{spec.algorithm} job on {spec.model}: device={ctx.device.type} dtype={str(ctx.dtype)[6:]}"
+        )
+        from engine.algorithms import get_algorithm
+
+        final = get_algorithm(spec.algorithm).train(spec, ctx)
+        events.done(step=ctx.step, final_path=str(final))
+        return EXIT_OK
+    except TrainingStopped:
+        events.log(f"stopped by SIGTERM at step {ctx.step if ctx else 0}", level="warning")
+        return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        events.error("interrupted", traceback.format_exc())
+        return EXIT_ERROR
+    except Exception as exc:  # every failure becomes an error event; the worker decides about retries
+        events.error(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stream = _claim_stdout()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from engine.events import EventWriter
+
+    code = run(args, EventWriter(stream), stop)
+    stream.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
