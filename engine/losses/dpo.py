@@ -67,7 +67,8 @@ def f_divergence_score(delta: Tensor, f_divergence_type: str, alpha_coef: float 
 
     reverse_kl: Delta; forward_kl: -e^-Delta; js_divergence: log sigmoid(Delta); alpha_divergence with
     coefficient a: e^min((a-1) Delta, c) / (a - 1), c = 80 (11 in fp16), Delta when |a - 1| < 1e-6.
-    `a` has the HEAD meaning (seed-era alpha = 1 - a; both defaults give a = 0.5).
+    `a` has the HEAD meaning and default 0.5 (§12.2 trap 8): the seed-era coefficient is alpha = 1 - a,
+    so its old default alpha = 1.0 would be a = 0 here.
     """
     try:
         fn = F_DIVERGENCES[f_divergence_type]

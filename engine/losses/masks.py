@@ -107,7 +107,8 @@ def vllm_is_weights(
     d = (old - sampling) * mask. token_*: rho = e^d, (B, T); sequence_*: rho = e^(sum_t d), (B, 1)
     (a product over the sequence, not a geometric mean). *_truncate clamps to [clip_min, clip_max]
     (a None bound is not applied); *_mask zeroes weights outside the bounds and keeps the others as
-    they are. `clip_max` is the seed-era `vllm_importance_sampling_cap`.
+    they are. `clip_max` is the seed-era `vllm_importance_sampling_cap`. A ratio that overflows to inf
+    (long sequences) is outside any finite clip_max, so *_mask gives exactly 0 for it, not inf * 0 = NaN.
     """
     if mode not in IS_MODES:
         raise ValueError(f"unknown vllm_importance_sampling_mode {mode!r}; known: {list(IS_MODES)}")
@@ -125,4 +126,5 @@ def vllm_is_weights(
         return rho.clamp(min=clip_min, max=clip_max)
     lo = -math.inf if clip_min is None else clip_min
     hi = math.inf if clip_max is None else clip_max
-    return rho * ((rho >= lo) & (rho <= hi)).to(rho.dtype)
+    inside = (rho >= lo) & (rho <= hi)
+    return torch.where(inside, rho, torch.zeros_like(rho))

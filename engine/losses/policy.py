@@ -89,7 +89,8 @@ class PolicyLossConfig:
     def from_spec(cls, config: Any) -> PolicyLossConfig:
         """Build from an `engine.spec` GRPOConfig (or a subclass; an RLOOConfig gives loss_type 'rloo').
 
-        RLOO puts its KL into the reward, so its loss config has beta = 0.
+        RLOO puts its KL into the reward, so its loss config has beta = 0; its loss has no vLLM
+        importance-sampling weight (ALGORITHMS §7), so vllm_is_correction is off whatever use_vllm says.
         """
 
         def get(name: str, default: Any) -> Any:
@@ -108,7 +109,7 @@ class PolicyLossConfig:
             top_entropy_quantile=get("top_entropy_quantile", 1.0),
             off_policy_mask_threshold=get("off_policy_mask_threshold", None),
             vllm_is_correction=bool(
-                get("use_vllm", False) and get("vllm_importance_sampling_correction", True)
+                not is_rloo and get("use_vllm", False) and get("vllm_importance_sampling_correction", True)
             ),
             vllm_is_mode=get("vllm_importance_sampling_mode", "sequence_mask"),
             vllm_is_clip_min=get("vllm_importance_sampling_clip_min", None),
@@ -444,7 +445,8 @@ def vespo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> Lo
 @register("policy", "rloo")
 def rloo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> LossOutput:
     """RLOO (arXiv 2402.14740, ALGORITHMS §7): clipped sequence ratio of *summed* log-probs, one term per
-    sequence, / global sequences. `importance_sampling_level` is ignored; use beta = 0 (KL is in the reward).
+    sequence, / global sequences. `importance_sampling_level` is ignored; use beta = 0 (KL is in the reward)
+    and no vLLM IS weight (`PolicyLossConfig.from_spec` turns both off for an RLOOConfig).
     """
     return run_policy_loss(
         batch, cfg, counts, surrogate=rloo_surrogate, aggregation="sequence_mean", level="sequence_sum"
