@@ -1,0 +1,606 @@
+"""GRPO and its variants (DAPO, Dr. GRPO, GSPO, SAPO, CISPO, GFPO, ...): generate, score, train.
+
+    python -m engine.train --spec grpo.json --out runs/grpo     # dispatches to train(spec, ctx)
+
+Batching (ALGORITHMS.md §1.1). One *generation* samples `num_generations` (G) completions for each of
+`per_device_train_batch_size * steps_per_generation / G` prompts, scores them (rewards -> `combine_rewards`
+-> `group_advantages`), shuffles the rows and cuts them into `steps_per_generation` (SPG) slices of
+`per_device_train_batch_size` completions. Every slice is a micro-step; an optimizer step takes
+`gradient_accumulation_steps` (GA) of them, and each generation is replayed `num_iterations` (mu) times.
+Within one optimizer step the rows are re-cut by length (the step's gradient does not depend on the cut,
+because losses divide by the step's global counts) so micro-batches carry little padding.
+
+Old log-probs are computed at generation time only when some optimizer step falls between generation and
+use (GA % (SPG * mu) != 0) or vLLM's importance-sampling correction needs them; otherwise the ratio is
+exactly 1 (on-policy). The reference model exists only when `beta` > 0. Entropies are computed only when
+`top_entropy_quantile` < 1 or an entropy bonus needs them (so `policy/entropy` is logged only then); the
+entropy threshold is taken per micro-batch, as TRL does. Training micro-steps never sync with the host;
+metrics are transferred once per logged optimizer step (plus one value per step for adaptive entropy).
+
+Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
+job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
+num_iterations > 1) are not replayed.
+
+Not here: loss formulas (`engine.losses`), advantage formulas (`engine.advantages`), reward definitions
+(`engine.rewards`), sampling (`engine.rollout`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine import advantages as adv_lib
+from engine.algorithms.common import (
+    Checkpointer,
+    StepMetrics,
+    TrainContext,
+    build_optimizer,
+    build_scheduler,
+    clip_gradients,
+    seed_everything,
+    total_optimizer_steps,
+)
+from engine.data import expect_format, load_rows
+from engine.functional import GlobalCounts
+from engine.logprobs import token_logprobs
+from engine.losses import PolicyBatch, PolicyLossConfig, policy_loss
+from engine.models import is_peft_model, load_policy, load_reference, load_tokenizer, save_model
+from engine.rewards import RewardContext, build_reward_funcs
+from engine.rollout import SamplingParams, make_backend
+from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
+from engine.rollout.prompts import PromptEncoder, PromptSampler, display_prompt
+
+FORMATS = ("prompt_only", "prompt_completion")
+NOT_REWARD_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+@dataclass
+class Slice:
+    """One micro-step's share of a generation: row indices into `rollout`."""
+
+    rollout: ScoredRollout
+    rows: list[int]
+
+
+@dataclass
+class Plan:
+    """Batch sizes derived from the config (§1.1), checked once at start-up."""
+
+    num_generations: int
+    batch_size: int  # completions per micro-step
+    steps_per_generation: int
+    grad_accum: int
+    num_iterations: int
+    prompts_per_generation: int
+    needs_old_logps: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Plan:
+        spg, ga, mu = cfg.effective_steps_per_generation, cfg.gradient_accumulation_steps, cfg.num_iterations
+        completions = cfg.per_device_train_batch_size * spg
+        if completions % cfg.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size * steps_per_generation = {completions} completions per generation "
+                f"must be a multiple of num_generations={cfg.num_generations}: raise per_device_train_batch_size "
+                "or steps_per_generation, or lower num_generations"
+            )
+        is_correction = bool(cfg.use_vllm and cfg.vllm_importance_sampling_correction)
+        return cls(
+            num_generations=cfg.num_generations,
+            batch_size=cfg.per_device_train_batch_size,
+            steps_per_generation=spg,
+            grad_accum=ga,
+            num_iterations=mu,
+            prompts_per_generation=completions // cfg.num_generations,
+            needs_old_logps=(ga % (spg * mu) != 0) or is_correction,
+        )
+
+
+@dataclass
+class Counters:
+    """How often the expensive forwards ran (tests assert on these; also logged at the end)."""
+
+    generations: int = 0
+    old_logp_forwards: int = 0
+    ref_logp_forwards: int = 0
+    policy_forwards: int = 0
+
+
+@dataclass
+class GRPOState:
+    """Algorithm state saved in checkpoints."""
+
+    entropy_coef: float = 0.0  # adaptive entropy bonus: the coefficient in force
+    last_entropy: float = math.inf  # the previous optimizer step's token-mean entropy
+
+
+class GRPOTrainer:
+    def __init__(self, spec: Any, ctx: TrainContext) -> None:
+        self.spec, self.ctx, self.cfg = spec, ctx, spec.config
+        cfg = self.cfg
+        self.plan = Plan.from_config(cfg)
+        self.counters = Counters()
+        seed_everything(ctx.seed)
+
+        _, self.rows = expect_format(load_rows(spec.dataset, ctx.uploads_dir), FORMATS, "grpo")
+        rows = self.rows
+        self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
+        self.eos_ids = _eos_ids(self.tokenizer)
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
+        self.encoder = PromptEncoder(self.tokenizer, cfg.max_prompt_length)
+        self.sampler = PromptSampler(len(rows), ctx.seed, shuffle=cfg.shuffle_dataset)
+
+        self.model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
+        if cfg.cast_lm_head_to_fp32:
+            _cast_lm_head_to_fp32(self.model)
+        self.reference = None
+        if cfg.beta > 0:
+            self.reference = load_reference(spec, self.model, ctx.device, ctx.dtype)
+            if cfg.cast_lm_head_to_fp32 and not self.reference.adapter_disabled:
+                _cast_lm_head_to_fp32(self.reference.model)
+        if cfg.sync_ref_model and (self.reference is None or self.reference.adapter_disabled):
+            raise ValueError(
+                "config.sync_ref_model needs beta > 0 and full fine-tuning (with LoRA the reference is the "
+                "base model with the adapter disabled, which cannot be mixed)"
+            )
+
+        self.reward_funcs = build_reward_funcs(
+            spec.reward_funcs,
+            RewardContext(max_completion_length=cfg.max_completion_length, device=ctx.device),
+        )
+        self.reward_weights = torch.tensor(
+            cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32
+        )
+        self.loss_cfg = PolicyLossConfig.from_spec(cfg)
+        self.need_entropy = (
+            cfg.top_entropy_quantile < 1.0 or cfg.entropy_coef != 0.0 or cfg.use_adaptive_entropy
+        )
+        self.state = GRPOState(entropy_coef=cfg.entropy_coef)
+        self.sampling = SamplingParams(
+            max_new_tokens=cfg.max_completion_length,
+            eos_token_ids=self.eos_ids,
+            pad_token_id=self.pad_id,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            min_p=cfg.min_p,
+            repetition_penalty=cfg.repetition_penalty,
+        )
+        self.backend = self._make_backend()
+        self.weights_changed = False
+        self.queue: list[Slice] = []
+        self._step_entropy: Any = 0.0
+        self.last_rollout: ScoredRollout | None = None
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _make_backend(self) -> Any:
+        if not self.cfg.use_vllm:
+            return make_backend("hf", model=self.model, device=self.ctx.device)
+        # vLLM starts from full weights on disk (LoRA merged into a copy); later syncs go through memory.
+        model = copy.deepcopy(self.model).merge_and_unload() if is_peft_model(self.model) else self.model
+        path = save_model(model, self.tokenizer, self.ctx.out_dir / ".vllm-init")
+        del model
+        return make_backend(
+            "vllm",
+            model_path=str(path),
+            gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization,
+            max_model_len=(self.cfg.max_prompt_length or 512) + self.cfg.max_completion_length,
+            dtype={torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(self.ctx.dtype, "float32"),
+            seed=self.ctx.seed,
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in self.rows[0] if c not in NOT_REWARD_COLUMNS]
+
+    # -------------------------------------------------------------------------------------- generation
+
+    def _sample(self, prompt_rows: list[int]) -> Sampled:
+        """Generate G completions for each prompt row and reward them (rewards are host-side)."""
+        G = self.plan.num_generations
+        prompt_ids = [self.encoder.row(i, self.rows[i]["prompt"]) for i in prompt_rows]
+        if self.weights_changed:
+            self.backend.sync_weights(self.model)
+            self.weights_changed = False
+        with self.ctx.autocast():
+            out = self.backend.generate(prompt_ids, G, self.sampling)
+        self.counters.generations += 1
+        ids = out.completion_id_lists()
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        prompts = [self.rows[i]["prompt"] for i in prompt_rows for _ in range(G)]
+        columns = {c: [self.rows[i].get(c) for i in prompt_rows for _ in range(G)] for c in self.columns}
+        per_func = []
+        for func in self.reward_funcs:
+            values = func(prompts=prompts, completions=texts, completion_ids=ids, **columns)
+            per_func.append([math.nan if v is None else float(v) for v in values])
+        rewards = torch.tensor(per_func, dtype=torch.float32).T.reshape(len(ids), len(self.reward_funcs))
+        return Sampled(out, ids, texts, prompts, rewards, out.is_truncated.tolist())
+
+    def generate(self) -> ScoredRollout:
+        """One scored generation batch, DAPO dynamic sampling and GFPO filtering included."""
+        cfg, G = self.cfg, self.plan.num_generations
+        need = self.plan.prompts_per_generation
+        kept: list[Sampled] = []
+        spare: list[Sampled] = []
+        have, rounds, groups_seen, zero_std_seen = 0, 0, 0, 0
+        while have < need:
+            rounds += 1
+            part = self._sample(self.sampler.take(need - have))
+            combined = adv_lib.combine_rewards(
+                part.rewards, self.reward_weights, cfg.multi_objective_aggregation, G
+            )
+            flat = adv_lib.zero_variance_groups(combined, G).tolist()
+            groups_seen += len(flat)
+            zero_std_seen += sum(flat)
+            if not cfg.dynamic_sampling:
+                kept.append(part)
+                break
+            good = [g for g, f in enumerate(flat) if not f]
+            bad = [g for g, f in enumerate(flat) if f]
+            if good:
+                kept.append(part.select(_group_rows(good, G)))
+                have += len(good)
+            if bad:
+                spare.append(part.select(_group_rows(bad, G)))
+            if rounds >= cfg.max_dynamic_sampling_rounds and have < need:
+                # Out of rounds: fill up with zero-variance groups (advantage 0) to keep the batch size.
+                for extra in spare:
+                    take = min(need - have, len(extra) // G)
+                    if take:
+                        kept.append(extra.select(range(take * G)))
+                        have += take
+                break
+        metrics = {"rollout/frac_reward_zero_std": zero_std_seen / max(1, groups_seen)}
+        if cfg.dynamic_sampling:
+            metrics["rollout/dynamic_sampling_rounds"] = float(rounds)
+        return self._score(Sampled.concat(kept, self.pad_id), metrics)
+
+    def _score(self, part: Sampled, metrics: dict[str, float]) -> ScoredRollout:
+        """Advantages (after the GFPO filter, if any), loss mask, log-probs and metrics of one batch."""
+        cfg, group = self.cfg, self.plan.num_generations
+        combined = adv_lib.combine_rewards(
+            part.rewards, self.reward_weights, cfg.multi_objective_aggregation, group
+        )
+        if cfg.num_remains_in_group is not None:
+            lengths = torch.tensor([len(i) for i in part.ids])
+            keep = adv_lib.gfpo_keep_mask(
+                group, cfg.num_remains_in_group, lengths, combined, cfg.group_filter
+            )
+            rows = keep.nonzero().squeeze(-1)
+            part, combined, group = (
+                part.select(rows.tolist()),
+                combined.index_select(0, rows),
+                cfg.num_remains_in_group,
+            )
+        advantages, _ = adv_lib.group_advantages(
+            combined, group, cfg.scale_rewards, aggregation=cfg.multi_objective_aggregation
+        )
+        out, device = part.out, self.ctx.device
+        lengths = [len(i) for i in part.ids]
+        loss_mask = out.completion_mask.clone()
+        if cfg.mask_truncated_completions:
+            loss_mask[out.is_truncated.to(loss_mask.device)] = 0
+        rollout = ScoredRollout(
+            prompt_ids=out.prompt_ids.to(device),
+            prompt_mask=out.prompt_mask.to(device),
+            completion_ids=out.completion_ids.to(device),
+            completion_mask=out.completion_mask.to(device),
+            loss_mask=loss_mask.to(device),
+            advantages=advantages.float().to(device),
+            prompt_lengths=out.prompt_mask.sum(dim=1).tolist(),
+            completion_lengths=lengths,
+            loss_tokens=[
+                0 if cfg.mask_truncated_completions and t else n
+                for n, t in zip(lengths, part.truncated, strict=True)
+            ],
+            sampling_logps=None if out.sampling_logps is None else out.sampling_logps.to(device),
+        )
+        rollout.metrics = {
+            **metrics,
+            **self._rollout_metrics(part.rewards, combined, lengths, part.truncated),
+        }
+        rollout.samples = [
+            {"prompt": display_prompt(p), "completion": t, "reward": None if math.isnan(r) else r}
+            for p, t, r in zip(part.prompts, part.texts, combined.tolist(), strict=True)
+        ]
+        self._fill_logps(rollout)
+        return rollout
+
+    def _rollout_metrics(
+        self, rewards: torch.Tensor, combined: torch.Tensor, lengths: list[int], truncated: list[bool]
+    ) -> dict[str, float]:
+        from engine.functional import nanmean, nanstd
+
+        m = {
+            "rollout/reward_mean": float(nanmean(combined)),
+            "rollout/reward_std": float(nanstd(combined)),
+            "rollout/completion_length_mean": sum(lengths) / len(lengths),
+            "rollout/completion_length_min": float(min(lengths)),
+            "rollout/completion_length_max": float(max(lengths)),
+            "rollout/clipped_ratio": sum(truncated) / len(truncated),
+        }
+        for k, func in enumerate(self.reward_funcs):
+            m[f"rollout/rewards/{func.name}_mean"] = float(nanmean(rewards[:, k]))
+        return m
+
+    def _chunks(self, rollout: ScoredRollout) -> Iterator[list[int]]:
+        rows = list(range(len(rollout)))
+        lengths = [rollout.total_length(r) for r in rows]
+        parts = math.ceil(len(rows) / self.plan.batch_size)
+        yield from split_by_length(rows, lengths, parts)
+
+    def _fill_logps(self, rollout: ScoredRollout) -> None:
+        """Old and reference log-probs for every row, in inference mode, when they are needed."""
+        if not self.plan.needs_old_logps and self.reference is None:
+            return
+        shape = rollout.completion_ids.shape
+        old = (
+            torch.zeros(shape, dtype=torch.float32, device=self.ctx.device)
+            if self.plan.needs_old_logps
+            else None
+        )
+        ref = (
+            torch.zeros(shape, dtype=torch.float32, device=self.ctx.device)
+            if self.reference is not None
+            else None
+        )
+        for rows in self._chunks(rollout):
+            mb = rollout.micro_batch(rows)
+            index = torch.as_tensor(rows, dtype=torch.long, device=self.ctx.device)
+            if old is not None:
+                with torch.inference_mode(), self.ctx.autocast():
+                    lp, _ = self._logps(self.model, mb, with_entropy=False)
+                old[index, : mb.logits_to_keep] = lp.clone()
+                self.counters.old_logp_forwards += 1
+            if ref is not None:
+                with self.reference.use() as ref_model, self.ctx.autocast():
+                    lp, _ = self._logps(ref_model, mb, with_entropy=False)
+                ref[index, : mb.logits_to_keep] = lp.clone()
+                self.counters.ref_logp_forwards += 1
+        rollout.old_logps, rollout.ref_logps = old, ref
+
+    def _logps(
+        self, model: Any, mb: MicroBatch, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return token_logprobs(
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            logits_to_keep=mb.logits_to_keep,
+            temperature=self.cfg.temperature,
+            with_entropy=with_entropy,
+            mask=mb.loss_mask,
+        )
+
+    # ---------------------------------------------------------------------------------------- batching
+
+    def next_slice(self) -> Slice:
+        if not self.queue:
+            self.ctx.check_stop()
+            rollout = self.generate()
+            self.last_rollout = rollout
+            rows = torch.randperm(len(rollout)).tolist()  # global torch RNG: restored on resume
+            slices = [
+                Slice(rollout, list(map(int, part)))
+                for part in _split_even(rows, self.plan.steps_per_generation)
+            ]
+            self.queue = [s for _ in range(self.plan.num_iterations) for s in slices]
+        return self.queue.pop(0)
+
+    def step_micro_batches(
+        self,
+    ) -> tuple[list[tuple[ScoredRollout, list[int]]], GlobalCounts, list[ScoredRollout]]:
+        """The GA micro-batches of one optimizer step, re-cut by length per generation, and their counts."""
+        slices = [self.next_slice() for _ in range(self.plan.grad_accum)]
+        by_rollout: dict[int, tuple[ScoredRollout, list[int], int]] = {}
+        for s in slices:
+            r, rows, n = by_rollout.get(id(s.rollout), (s.rollout, [], 0))
+            by_rollout[id(s.rollout)] = (r, rows + s.rows, n + 1)
+        micro, tokens, sequences = [], 0, 0
+        for rollout, rows, n_slices in by_rollout.values():
+            tokens += sum(rollout.loss_tokens[r] for r in rows)
+            sequences += len(rows)
+            lengths = [rollout.total_length(r) for r in range(len(rollout))]
+            micro.extend((rollout, part) for part in split_by_length(rows, lengths, n_slices) if part)
+        rollouts = [r for r, _, _ in by_rollout.values()]
+        return micro, GlobalCounts(num_tokens=tokens, num_sequences=sequences), rollouts
+
+    # -------------------------------------------------------------------------------------------- loop
+
+    def micro_step(self, mb: MicroBatch, counts: GlobalCounts, metrics: StepMetrics) -> torch.Tensor:
+        with self.ctx.autocast():
+            logps, entropies = self._logps(self.model, mb, with_entropy=self.need_entropy)
+        self.counters.policy_forwards += 1
+        loss_cfg = self.loss_cfg
+        if self.cfg.use_adaptive_entropy:
+            applied = self.state.entropy_coef if self.state.last_entropy <= self.cfg.entropy_target else 0.0
+            loss_cfg = dataclasses.replace(loss_cfg, entropy_coef=applied)
+        batch = PolicyBatch(
+            logps=logps,
+            mask=mb.loss_mask,
+            advantages=mb.advantages,
+            old_logps=mb.old_logps,
+            ref_logps=mb.ref_logps,
+            sampling_logps=mb.sampling_logps,
+            entropies=entropies,
+        )
+        out = policy_loss(batch, loss_cfg, counts)
+        if self.cfg.use_adaptive_entropy and "policy/entropy" in out.metrics:
+            self._step_entropy = self._step_entropy + out.metrics["policy/entropy"]
+        for name, value in out.metrics.items():
+            if name != "policy/loss":
+                metrics.add_sum(name, value)
+        return out.loss
+
+    def train(self) -> Path:
+        ctx, cfg, plan = self.ctx, self.cfg, self.plan
+        micro_per_epoch = math.ceil(len(self.rows) / plan.prompts_per_generation) * plan.steps_per_generation
+        total = total_optimizer_steps(cfg, micro_per_epoch * plan.num_iterations)
+        optimizer = build_optimizer(self.model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, total)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)
+        checkpointer = Checkpointer(ctx.out_dir / "checkpoints", cfg.save_total_limit)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        step = ctx.step = self._resume(checkpointer, optimizer, scheduler, scaler)
+        ctx.events.log(
+            f"grpo: {plan.prompts_per_generation} prompts x {plan.num_generations} generations per generation, "
+            f"{plan.steps_per_generation} slices of {plan.batch_size}, {plan.grad_accum} micro-steps per "
+            f"optimizer step, {total} steps; old log-probs {'on' if plan.needs_old_logps else 'off (on-policy)'}, "
+            f"reference {'on' if self.reference is not None else 'off (beta=0)'}"
+        )
+        metrics = StepMetrics(ctx.device)
+        self.model.train()
+        while step < total:
+            micro, counts, rollouts = self.step_micro_batches()
+            for rollout, rows in micro:
+                ctx.check_stop()
+                loss = self.micro_step(rollout.micro_batch(rows), counts, metrics)
+                scaler.scale(loss).backward()
+                metrics.add_sum("train/loss", loss.detach())
+            scaler.unscale_(optimizer)
+            grad_norm = clip_gradients(params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.weights_changed = True
+            step += 1
+            ctx.step = step
+            metrics.add_sum("train/grad_norm", grad_norm)
+            for rollout in rollouts:
+                for name, value in rollout.metrics.items():
+                    metrics.add_mean(name, value, 1.0)
+            metrics.end_step()
+            self._after_step(step, metrics)
+            ctx.events.progress(step=step, total_steps=total, epoch=self.sampler.epoch_float)
+            if step % cfg.logging_steps == 0 or step == total:
+                metrics.set("train/learning_rate", lr)
+                metrics.set("train/epoch", self.sampler.epoch_float)
+                if cfg.use_adaptive_entropy:
+                    metrics.set("policy/entropy_coef", self.state.entropy_coef)
+                ctx.events.metrics(step, metrics.compute())
+                if (
+                    cfg.log_completions
+                    and self.last_rollout is not None
+                    and cfg.num_completions_to_print != 0
+                ):
+                    n = cfg.num_completions_to_print or len(self.last_rollout.samples)
+                    ctx.events.samples(step, self.last_rollout.samples[:n])
+            if step % cfg.save_steps == 0 or step == total:
+                path = checkpointer.save(
+                    step,
+                    self.model,
+                    self.tokenizer,
+                    optimizer,
+                    scheduler,
+                    data_position=self.sampler.position,
+                    algorithm_state=dataclasses.asdict(self.state),
+                    scaler=scaler,
+                )
+                ctx.events.checkpoint(step, str(path))
+        ctx.events.log(
+            f"grpo counters: generations={self.counters.generations} policy_forwards={self.counters.policy_forwards} "
+            f"old_logp_forwards={self.counters.old_logp_forwards} ref_logp_forwards={self.counters.ref_logp_forwards}"
+        )
+        return save_model(self.model, self.tokenizer, ctx.out_dir / "final")
+
+    def _after_step(self, step: int, metrics: StepMetrics) -> None:
+        cfg = self.cfg
+        if cfg.use_adaptive_entropy:
+            # One extra host transfer per step: the controller needs this step's token-mean entropy
+            # (the micro-batch contributions sum to it).
+            value = float(self._step_entropy)
+            self._step_entropy = 0.0
+            self.state.last_entropy = value
+            c, delta = self.state.entropy_coef, cfg.entropy_coef_delta
+            if value <= cfg.entropy_target:
+                self.state.entropy_coef = min(c + delta, cfg.entropy_coef_max)
+            else:
+                self.state.entropy_coef = max(c - delta, cfg.entropy_coef_min)
+        if cfg.sync_ref_model and self.reference is not None and step % cfg.ref_model_sync_steps == 0:
+            alpha = cfg.ref_model_mixup_alpha
+            with torch.no_grad():
+                for p_ref, p in zip(self.reference.model.parameters(), self.model.parameters(), strict=True):
+                    p_ref.mul_(1 - alpha).add_(p.detach().to(p_ref.dtype), alpha=alpha)
+
+    def _resume(self, checkpointer: Checkpointer, optimizer: Any, scheduler: Any, scaler: Any) -> int:
+        if not self.ctx.resume:
+            return 0
+        latest = checkpointer.latest()
+        if latest is None:
+            self.ctx.events.log(
+                "resume requested but no checkpoint found; starting from step 0", level="warning"
+            )
+            return 0
+        state = checkpointer.load(
+            latest, self.model, optimizer, scheduler, scaler, map_location=self.ctx.device
+        )
+        if state.get("data_position"):
+            self.sampler.restore(state["data_position"])
+        saved = state.get("algorithm_state") or {}
+        self.state = GRPOState(**{k: v for k, v in saved.items() if k in GRPOState.__dataclass_fields__})
+        self.weights_changed = True
+        self.ctx.events.log(f"resumed from {latest} at step {state['step']}")
+        return int(state["step"])
+
+
+def train(spec: Any, ctx: TrainContext) -> Path:
+    """Run a GRPO job; returns DIR/final."""
+    return GRPOTrainer(spec, ctx).train()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _eos_ids(tokenizer: Any) -> tuple[int, ...]:
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None and im_end not in ids:
+        ids.append(int(im_end))
+    if not ids:
+        raise ValueError(
+            "the tokenizer has no EOS token (eos_token or <|im_end|>); generation could never stop"
+        )
+    return tuple(ids)
+
+
+def _group_rows(groups: list[int], G: int) -> list[int]:
+    return [g * G + j for g in groups for j in range(G)]
+
+
+def _split_even(rows: list[int], parts: int) -> list[list[int]]:
+    base, extra = divmod(len(rows), parts)
+    out, start = [], 0
+    for k in range(parts):
+        size = base + (1 if k < extra else 0)
+        out.append(rows[start : start + size])
+        start += size
+    return [p for p in out if p]
+
+
+def _cast_lm_head_to_fp32(model: Any) -> None:
+    """`cast_lm_head_to_fp32`: run the LM head in float32 (autocast off, inputs and weights upcast) without
+    changing the stored weights (so tied embeddings keep their dtype)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward

@@ -1,0 +1,132 @@
+"""The `vllm` rollout backend (GPU only): a colocated `vllm.LLM` in the training process.
+
+vLLM is imported when the backend is constructed, never at module import, so this file imports on machines
+without vLLM. The engine is started from a local model folder (the policy's weights saved as safetensors),
+samples `n = num_generations` completions per prompt from token-id prompts, and returns the sampled tokens'
+log-probs (always: they are what the importance-sampling correction compares against). `sync_weights`
+loads the policy's current weights (LoRA merged) into the vLLM model after each optimizer step.
+
+Not covered here: server mode (a separate `trl vllm-serve`-style process) and tensor parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, left_pad, trim_right
+
+
+class VLLMRollout(RolloutBackend):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        dtype: str = "bfloat16",
+        seed: int = 0,
+        enforce_eager: bool = False,
+    ) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "use_vllm needs a CUDA GPU; set config.use_vllm=false to sample with transformers"
+            )
+        try:
+            import vllm
+        except ImportError as exc:
+            raise RuntimeError(
+                "use_vllm=true but vllm is not installed on this worker (pip install 'papertrain[gpu]')"
+            ) from exc
+        # Keep the engine in this process so that its model object is reachable for weight syncs.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=model_path,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=True,
+        )
+
+    def _sampling_params(self, num_generations: int, p: SamplingParams) -> Any:
+        return self._vllm.SamplingParams(
+            n=num_generations,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k if p.top_k else -1,
+            min_p=p.min_p or 0.0,
+            repetition_penalty=p.repetition_penalty,
+            max_tokens=p.max_new_tokens,
+            stop_token_ids=list(p.eos_token_ids),
+            logprobs=0,  # the sampled token's log-prob only
+        )
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], num_generations: int, params: SamplingParams
+    ) -> RolloutOutput:
+        prompts = [{"prompt_token_ids": list(map(int, ids))} for ids in prompt_ids]
+        results = self.llm.generate(prompts, self._sampling_params(num_generations, params), use_tqdm=False)
+        rows, logps, truncated = [], [], []
+        for res in results:
+            for comp in res.outputs:
+                tokens = list(comp.token_ids)
+                rows.append(tokens)
+                logps.append([lp[t].logprob for lp, t in zip(comp.logprobs or [], tokens, strict=False)])
+                ended = bool(tokens) and tokens[-1] in params.eos_token_ids
+                truncated.append(not ended)
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), params.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        samp = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, (r, lp) in enumerate(zip(rows, logps, strict=True)):
+            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+            samp[i, : len(lp)] = torch.as_tensor(lp, dtype=torch.float32)
+        p_ids, p_mask = left_pad(prompt_ids, params.pad_token_id)
+        out = RolloutOutput(
+            prompt_ids=p_ids.repeat_interleave(num_generations, dim=0),
+            prompt_mask=p_mask.repeat_interleave(num_generations, dim=0),
+            completion_ids=ids,
+            completion_mask=mask,
+            is_truncated=torch.as_tensor(truncated, dtype=torch.bool),
+            sampling_logps=samp,
+        )
+        return trim_right(out, params.pad_token_id)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        weights = _merged_state_items(model)
+        if hasattr(self.llm, "apply_model"):
+            self.llm.apply_model(lambda m: m.load_weights(weights))
+            return
+        executor = self.llm.llm_engine.model_executor
+        executor.driver_worker.worker.model_runner.model.load_weights(weights)
+        self.llm.reset_prefix_cache()
+
+
+def _merged_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs in the base model's naming; LoRA adapters are merged into a copy of the weights."""
+    if hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter"):
+        model.merge_adapter()
+        try:
+            items = list(_clean_names(model.named_parameters()))
+        finally:
+            model.unmerge_adapter()
+        return items
+    return list(_clean_names(model.named_parameters()))
+
+
+def _clean_names(named: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    for name, param in named:
+        if "lora_" in name or ".original_module." in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        name = name.replace(".modules_to_save.default", "")
+        yield name, param.detach().clone()

@@ -1,0 +1,357 @@
+"""The GRPO loop on `tiny:llama`: events through `python -m engine.train` for every policy loss_type,
+the batching plan, on-policy shortcuts (no old log-probs, no reference at beta=0), dynamic sampling, GFPO,
+truncation masking, micro-batch invariance and resume. The learning test lives in `test_grpo_learning.py`."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.algorithms import grpo as grpo_mod
+from engine.algorithms.common import StepMetrics, TrainContext
+from engine.algorithms.grpo import GRPOTrainer, Plan
+from engine.events import EventWriter
+from engine.spec import parse_job_spec
+from engine.spec.names import GRPO_LOSS_TYPES
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_METRICS = {
+    "train/loss",
+    "train/learning_rate",
+    "train/grad_norm",
+    "rollout/reward_mean",
+    "rollout/reward_std",
+    "rollout/rewards/accuracy_mean",
+    "rollout/frac_reward_zero_std",
+    "rollout/completion_length_mean",
+    "rollout/completion_length_min",
+    "rollout/completion_length_max",
+    "rollout/clipped_ratio",
+}
+
+
+def job(config: dict | None = None, **top) -> dict:
+    cfg = {
+        "per_device_train_batch_size": 4,
+        "num_generations": 2,
+        "max_completion_length": 3,
+        "max_prompt_length": 64,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "num_completions_to_print": 2,
+    }
+    cfg.update(config or {})
+    return {
+        "algorithm": "grpo",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "arithmetic", "num_rows": 32},
+        "config": cfg,
+        **top,
+    }
+
+
+def trainer(
+    tmp_path: Path, config: dict | None = None, resume: bool = False, **top
+) -> tuple[GRPOTrainer, io.StringIO]:
+    spec = parse_job_spec(job(config, **top))
+    stream = io.StringIO()
+    ctx = TrainContext.for_spec(spec, tmp_path, events=EventWriter(stream), resume=resume)
+    return GRPOTrainer(spec, ctx), stream
+
+
+def events_of(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def metrics_of(events: list[dict]) -> list[dict]:
+    return [e["metrics"] for e in events if e["type"] == "metrics"]
+
+
+# ------------------------------------------------------------------------------------ python -m engine.train
+
+
+def loss_config(loss_type: str) -> dict:
+    cfg = {"loss_type": loss_type}
+    if loss_type == "cispo":
+        cfg["epsilon_high"] = 5.0
+    if loss_type == "luspo":
+        cfg["importance_sampling_level"] = "sequence"
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", GRPO_LOSS_TYPES)
+def test_engine_train_runs_grpo_for_every_loss_type(tmp_path, loss_type):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(parse_job_spec(job(loss_config(loss_type))).model_dump(mode="json")))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.train", "--spec", str(spec_path), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    events = [json.loads(line) for line in proc.stdout.splitlines()]  # every stdout line is one JSON event
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    assert all(isinstance(e["ts"], float) for e in events)
+    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2]
+    metrics = metrics_of(events)
+    assert len(metrics) == 2
+    for m in metrics:
+        assert set(m) >= REQUIRED_METRICS, REQUIRED_METRICS - set(m)
+        assert "policy/kl" not in m  # beta = 0
+        assert all(v is None or isinstance(v, float) for v in m.values())
+        assert m["rollout/completion_length_max"] <= 3
+    samples = [e for e in events if e["type"] == "samples"]
+    assert samples and all(set(s) == {"prompt", "completion", "reward"} for s in samples[0]["samples"])
+    assert len(samples[0]["samples"]) == 2
+    assert events[-1]["type"] == "done" and events[-1]["step"] == 2
+    assert (out / "final" / "config.json").exists() and (out / "checkpoints" / "checkpoint-2").exists()
+
+
+# ------------------------------------------------------------------------------------------------ batching
+
+
+@pytest.mark.parametrize(
+    ("batch", "ga", "spg", "mu", "prompts", "needs_old"),
+    [
+        (4, 1, None, 1, 2, False),  # default: one slice per generation, on-policy
+        (4, 2, 4, 1, 8, True),  # a generation spans two optimizer steps
+        (4, 4, 2, 1, 4, False),  # Lite PPO: two generations per optimizer step, still on-policy
+        (4, 2, 2, 2, 4, True),  # num_iterations = 2 reuses a generation across steps
+    ],
+)
+def test_plan_follows_the_trl_batching_rules(batch, ga, spg, mu, prompts, needs_old):
+    cfg = parse_job_spec(
+        job(
+            {
+                "per_device_train_batch_size": batch,
+                "gradient_accumulation_steps": ga,
+                "steps_per_generation": spg,
+                "num_iterations": mu,
+            }
+        )
+    ).config
+    plan = Plan.from_config(cfg)
+    assert plan.prompts_per_generation == prompts
+    assert plan.needs_old_logps is needs_old
+
+
+def test_plan_rejects_a_generation_batch_that_splits_a_group():
+    cfg = parse_job_spec(job({"per_device_train_batch_size": 3, "num_generations": 2})).config
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        Plan.from_config(cfg)
+
+
+def test_generations_per_optimizer_step(tmp_path):
+    t, _ = trainer(tmp_path, {"gradient_accumulation_steps": 4, "steps_per_generation": 2, "max_steps": 2})
+    t.train()
+    assert t.counters.generations == 4  # two generations feed each optimizer step
+    assert t.counters.policy_forwards == 8 and t.counters.old_logp_forwards == 0
+
+    t, _ = trainer(
+        tmp_path / "b", {"gradient_accumulation_steps": 1, "steps_per_generation": 2, "max_steps": 4}
+    )
+    t.train()
+    assert t.counters.generations == 2  # one generation feeds two optimizer steps ...
+    assert t.counters.old_logp_forwards > 0  # ... so the second one is off-policy
+
+
+# --------------------------------------------------------------------------------- on-policy shortcuts
+
+
+def test_on_policy_beta_zero_computes_no_old_logps_and_loads_no_reference(tmp_path, monkeypatch):
+    def no_reference(*args, **kwargs):
+        raise AssertionError("beta = 0 must not load a reference model")
+
+    monkeypatch.setattr(grpo_mod, "load_reference", no_reference)
+    calls: list[dict] = []
+    real = grpo_mod.token_logprobs
+
+    def spy(*args, **kwargs):
+        calls.append({"grad": torch.is_grad_enabled(), "entropy": kwargs.get("with_entropy")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_mod, "token_logprobs", spy)
+    t, stream = trainer(tmp_path)
+    t.train()
+    assert t.reference is None and t.counters.old_logp_forwards == 0 and t.counters.ref_logp_forwards == 0
+    assert len(calls) == 2 and all(c["grad"] and not c["entropy"] for c in calls)  # training forwards only
+    assert all("policy/kl" not in m for m in metrics_of(events_of(stream)))
+
+
+class _HashReward(BaseHTTPRequestHandler):
+    """A remote reward with variance in every group: a hash of the completion text, in [0, 1)."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        ids = body["completion_ids"]
+        rewards = [(zlib.crc32(json.dumps(c).encode()) % 1000) / 1000 for c in ids]
+        payload = json.dumps({"rewards": rewards}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hash_reward():
+    httpd = HTTPServer(("127.0.0.1", 0), _HashReward)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield [{"name": "http", "url": f"http://127.0.0.1:{httpd.server_address[1]}/"}]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_beta_loads_a_reference_and_reports_kl(tmp_path, hash_reward):
+    t, stream = trainer(tmp_path, {"beta": 0.1, "max_steps": 3}, reward_funcs=hash_reward)
+    t.train()
+    assert t.reference is not None and t.counters.ref_logp_forwards >= 3
+    kls = [m["policy/kl"] for m in metrics_of(events_of(stream))]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
+    assert all(k >= 0 for k in kls) and kls[-1] > 0
+
+
+def test_entropies_only_when_the_entropy_mask_needs_them(tmp_path, monkeypatch):
+    flags: list[bool] = []
+    real = grpo_mod.token_logprobs
+
+    def spy(*args, **kwargs):
+        flags.append(bool(kwargs.get("with_entropy")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_mod, "token_logprobs", spy)
+    t, stream = trainer(tmp_path, {"top_entropy_quantile": 0.2, "max_steps": 1})
+    t.train()
+    assert flags == [True]
+    m = metrics_of(events_of(stream))[0]
+    assert m["policy/entropy"] > 0 and 0 <= m["policy/entropy_mask_ratio"] <= 1
+
+
+# ------------------------------------------------------------------------------------ variants and masks
+
+
+def test_dynamic_sampling_generates_again_up_to_the_round_limit(tmp_path):
+    # `format` is 0 for every completion of a random model, so every group has zero variance.
+    t, stream = trainer(
+        tmp_path,
+        {"dynamic_sampling": True, "max_dynamic_sampling_rounds": 3, "max_steps": 1},
+        reward_funcs=[{"name": "format"}],
+    )
+    t.train()
+    assert t.counters.generations == 3
+    m = metrics_of(events_of(stream))[0]
+    assert m["rollout/dynamic_sampling_rounds"] == 3 and m["rollout/frac_reward_zero_std"] == 1.0
+    assert len(t.last_rollout) == 4  # the batch was filled up with zero-variance groups
+
+
+def test_gfpo_keeps_the_shortest_completions_of_each_group(tmp_path):
+    t, _ = trainer(
+        tmp_path,
+        {
+            "num_generations": 4,
+            "num_remains_in_group": 2,
+            "group_filter": "shortest",
+            "max_steps": 1,
+            "max_completion_length": 6,
+            "per_device_train_batch_size": 8,
+        },
+    )
+    part = t._sample(t.sampler.take(2))
+    lengths = [len(ids) for ids in part.ids]
+    rollout = t._score(part, {})
+    assert len(rollout) == 4
+    for g in range(2):
+        expected = sorted(lengths[4 * g : 4 * g + 4])[:2]
+        assert sorted(rollout.completion_lengths[2 * g : 2 * g + 2]) == expected
+
+
+def test_mask_truncated_completions_zeroes_their_loss_rows(tmp_path):
+    t, _ = trainer(tmp_path, {"mask_truncated_completions": True, "max_completion_length": 2})
+    rollout = t.generate()
+    truncated = rollout.completion_mask[:, -1].bool() & ~torch.isin(
+        rollout.completion_ids[:, -1], torch.tensor(t.eos_ids)
+    )
+    assert truncated.any()
+    assert rollout.loss_mask[truncated].sum() == 0
+    assert rollout.loss_tokens == rollout.loss_mask.sum(1).tolist()
+    assert rollout.metrics["rollout/clipped_ratio"] == pytest.approx(truncated.float().mean().item())
+
+
+def test_prompts_are_left_truncated_to_max_prompt_length(tmp_path):
+    t, _ = trainer(tmp_path, {"max_prompt_length": 20})
+    ids = t.encoder.encode(t.rows[0]["prompt"])
+    full = t.tokenizer(
+        t.tokenizer.apply_chat_template(t.rows[0]["prompt"], tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )["input_ids"]
+    assert len(ids) == 20 and ids == full[-20:]
+
+
+# ------------------------------------------------------------------------------ micro-batch invariance
+
+
+def test_step_gradient_does_not_depend_on_the_micro_batch_cut(tmp_path):
+    t, _ = trainer(tmp_path, {"per_device_train_batch_size": 8, "num_generations": 4, "beta": 0.05})
+    rollout = t.generate()
+    rows = list(range(len(rollout)))
+    counts = grpo_mod.GlobalCounts(num_tokens=sum(rollout.loss_tokens), num_sequences=len(rows))
+    rollout.advantages = torch.linspace(-1, 1, len(rows))  # make every row matter
+
+    def grads(parts):
+        t.model.zero_grad(set_to_none=True)
+        for part in parts:
+            t.micro_step(rollout.micro_batch(part), counts, StepMetrics()).backward()
+        return torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])
+
+    whole = grads([rows])
+    split = grads([rows[:3], rows[3:5], rows[5:]])
+    assert torch.allclose(whole, split, atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batch_trimming_keeps_the_log_probs(tmp_path):
+    t, _ = trainer(
+        tmp_path, {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 6}
+    )
+    rollout = t.generate()
+    everything = rollout.micro_batch(list(range(len(rollout))))
+    short = min(range(len(rollout)), key=lambda r: rollout.completion_lengths[r])
+    alone = rollout.micro_batch([short])
+    assert alone.logits_to_keep == max(1, rollout.completion_lengths[short])
+    with torch.no_grad():
+        lp_all, _ = t._logps(t.model, everything, with_entropy=False)
+        lp_one, _ = t._logps(t.model, alone, with_entropy=False)
+    n = rollout.completion_lengths[short]
+    assert torch.allclose(lp_all[short, :n], lp_one[0, :n], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    t, _ = trainer(tmp_path, {"max_steps": 2, "save_steps": 1})
+    t.train()
+    position = dict(t.sampler.position)
+    t2, stream = trainer(tmp_path, {"max_steps": 3, "save_steps": 1}, resume=True)
+    assert t2.sampler.position == {"epoch": 0, "index": 0}
+    t2.train()
+    events = events_of(stream)
+    assert any("resumed from" in e.get("message", "") for e in events)
+    assert [e["step"] for e in events if e["type"] == "progress"] == [3]
+    assert t2.counters.generations == 1
+    assert t2.sampler.position["index"] == position["index"] + t2.plan.prompts_per_generation
