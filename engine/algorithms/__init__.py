@@ -14,6 +14,10 @@ from types import ModuleType
 ALGORITHM_MODULES = {
     "sft": "engine.algorithms.sft",
     "dpo": "engine.algorithms.dpo",
+    "kto": "engine.algorithms.kto",
+    "bco": "engine.algorithms.bco",
+    "cpo": "engine.algorithms.cpo",
+    "reward": "engine.algorithms.reward",
     "grpo": "engine.algorithms.grpo",
 }
 

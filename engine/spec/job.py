@@ -31,7 +31,7 @@ from engine.spec.offline import (
 
 # Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
 # but are refused at submission with a clear message until their loops land.
-RUNNABLE_ALGORITHMS = frozenset({"sft", "dpo", "grpo"})
+RUNNABLE_ALGORITHMS = frozenset({"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo"})
 
 
 class _JobBase(StrictModel):

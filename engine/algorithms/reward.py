@@ -1,0 +1,180 @@
+"""Reward modelling: a Bradley-Terry sequence classifier on preference pairs, ALGORITHMS §5.
+
+    final_dir = train(spec, ctx)        # spec.algorithm == "reward"
+
+The model is a sequence classifier with exactly one label: for `tiny:llama` a `LlamaForSequenceClassification`
+built from the tiny config, its decoder weights copied from the tiny causal LM and its `score` head seeded;
+otherwise `AutoModelForSequenceClassification` from the model's folder or hub id (a causal-LM checkpoint gets
+a fresh head). Its config carries the tokenizer's pad token, and the reward r(x, y) is the logit of the last
+token that is not padding (transformers' pooling). With `peft_config` the adapter is a sequence-classification
+LoRA whose `score` head is fully trained.
+
+Per micro-batch of B pairs (whole sequences, prompt prepended; over-long pairs dropped, see
+`engine.data.reward_pairs`): one forward over 2B rows (chosen first), then `engine.losses.reward_loss`:
+-log s(r+ - r- - margin) (margin from the dataset's optional `margin` column) plus
+`center_rewards_coefficient` (r+ + r-)^2, both normalised by the pairs of the optimizer step. Metrics
+`reward/accuracy`, `reward/margin`, `reward/mean_reward`, `reward/centering`, `reward/loss`,
+`train/num_tokens`. Not logged: the min/max reward of a step (the step metrics are sums and means).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.algorithms.common import (
+    BatchStream,
+    OfflineParts,
+    StepMetrics,
+    TrainContext,
+    evaluate_offline,
+    run_offline_loop,
+)
+from engine.data import DataFormatError, expect_format, load_rows
+from engine.data.reward_pairs import (
+    RewardExample,
+    RewardTokenBatch,
+    collate_reward_pairs,
+    tokenize_reward_pairs,
+)
+from engine.losses import reward_loss
+from engine.models import TINY_SEED, build_tiny_model, disable_dropout, load_tokenizer, resolve_model_path
+
+
+def build_tiny_classifier(model_ref: str = "tiny:llama") -> Any:
+    """A one-label LlamaForSequenceClassification on the tiny causal LM's decoder (same weights); the score
+    head is seeded, and the global RNG is left untouched."""
+    from transformers import LlamaForSequenceClassification
+
+    causal = build_tiny_model(model_ref)
+    config = copy.deepcopy(causal.config)
+    config.num_labels = 1
+    config.architectures = ["LlamaForSequenceClassification"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForSequenceClassification(config)
+    model.model.load_state_dict(causal.model.state_dict())
+    return model
+
+
+def _lora(model: Any, lora: Any, gradient_checkpointing: bool) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,  # peft adds the `score` head to modules_to_save: it trains in full
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules if lora.target_modules is not None else "all-linear",
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        modules_to_save=lora.modules_to_save,
+    )
+    return get_peft_model(model, config)
+
+
+def load_reward_model(
+    spec: Any, tokenizer: Any, device: torch.device | str, dtype: torch.dtype, cache_dir: Path | None = None
+) -> Any:
+    """The trainable one-label classifier of a reward job (float32 weights; a LoRA base in `dtype`)."""
+    cfg, lora = spec.config, spec.peft_config
+    weight_dtype = dtype if lora is not None else torch.float32
+    if spec.model.startswith("tiny:"):
+        model = build_tiny_classifier(spec.model).to(weight_dtype)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        path = resolve_model_path(spec.model, cache_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=weight_dtype)
+    if model.config.num_labels != 1:
+        raise ValueError(
+            f"a reward model needs exactly one label; {spec.model} has {model.config.num_labels}"
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id  # pooling picks the last non-pad token
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = _lora(model, lora, cfg.gradient_checkpointing)
+    model.train()
+    return model.to(device)
+
+
+def prepare_pairs(spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None) -> list[RewardExample]:
+    cfg = spec.config
+    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
+    _, rows = expect_format(rows, ("preference",), "reward")
+    pairs, dropped = tokenize_reward_pairs(rows, tokenizer, max_length=cfg.max_length)
+    if not pairs:
+        raise DataFormatError(
+            f"every pair is longer than max_length={cfg.max_length} tokens; raise max_length"
+        )
+    kind = "eval" if dataset is not None else "reward"
+    margin = " with margins" if pairs[0].margin is not None else ""
+    ctx.events.log(
+        f"{kind} data: {len(pairs)} pairs{margin} ({dropped} dropped: longer than max_length={cfg.max_length})"
+    )
+    return pairs
+
+
+def train(spec: Any, ctx: TrainContext) -> Path:
+    cfg = spec.config
+    tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
+    pairs = prepare_pairs(spec, ctx, tokenizer)
+    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    model = load_reward_model(spec, tokenizer, ctx.device, ctx.dtype, ctx.cache_dir)
+    pad_id = tokenizer.pad_token_id
+
+    def collate_from(source: list[RewardExample]) -> Any:
+        def collate(indices: list[int]) -> RewardTokenBatch:
+            return collate_reward_pairs([source[i] for i in indices], pad_id).to(ctx.device)
+
+        return collate
+
+    def counts(batches: list[RewardTokenBatch]) -> int:
+        return sum(b.num_pairs for b in batches)
+
+    def micro_step(batch: RewardTokenBatch, num_pairs: int, metrics: StepMetrics) -> torch.Tensor:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        rewards = out.logits[:, 0].float()  # (2B,) chosen first
+        n = batch.num_pairs
+        loss = reward_loss(
+            rewards[:n],
+            rewards[n:],
+            num_pairs,
+            margin=batch.margin,
+            center_rewards_coefficient=cfg.center_rewards_coefficient,
+        )
+        for name, value in loss.metrics.items():
+            metrics.add_sum(name, value)
+        metrics.add_sum("train/num_tokens", float(batch.num_tokens))
+        return loss.loss
+
+    evaluate = None
+    if eval_pairs:
+        collate_eval = collate_from(eval_pairs)
+        ebs = cfg.per_device_eval_batch_size
+        eval_plan = [list(range(i, min(i + ebs, len(eval_pairs)))) for i in range(0, len(eval_pairs), ebs)]
+
+        def evaluate() -> dict[str, float]:
+            return evaluate_offline(ctx, model, [collate_eval(idx) for idx in eval_plan], counts, micro_step)
+
+    return run_offline_loop(
+        ctx,
+        OfflineParts(
+            model=model,
+            tokenizer=tokenizer,
+            stream=BatchStream([p.length for p in pairs], cfg.per_device_train_batch_size, cfg.seed),
+            collate=collate_from(pairs),
+            counts=counts,
+            micro_step=micro_step,
+            evaluate=evaluate,
+        ),
+    )

@@ -1,0 +1,129 @@
+"""BCO on tiny:llama: the CLI run, the running reward mean (first step, checkpoints, evaluation leaves it
+alone), the UDM refusal, resume, and learning on the built-in unpaired feedback."""
+
+import math
+import statistics
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.algorithms.bco import check_udm
+from engine.algorithms.common import STATE_FILE
+from engine.spec.offline import BCOConfig
+from tests.engine.conftest import metrics_by_step, run_inprocess, run_subprocess, tiny_spec
+from tests.engine.test_resume import _resume_matches
+from tests.engine.test_train_cli import _check_stream
+
+
+def _run(tmp_path, builtin="unpaired", eval_dataset=None, **config):
+    spec = tiny_spec("bco", builtin, num_rows=16, **{"max_steps": 2, "learning_rate": 1e-3, **config})
+    if eval_dataset:
+        spec["eval_dataset"] = eval_dataset
+    code, events = run_inprocess(spec, tmp_path)
+    assert code == 0, events[-1]
+    metrics = {
+        e["step"]: e["metrics"] for e in events if e["type"] == "metrics" and "train/loss" in e["metrics"]
+    }
+    assert sorted(metrics) == list(range(1, spec["config"]["max_steps"] + 1))
+    for m in metrics.values():
+        assert math.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0
+    return metrics, events
+
+
+def _saved_delta(checkpoint):
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    return float(state["algorithm_state"]["bco"]["running"]["mean"])
+
+
+@pytest.mark.slow
+def test_bco_cli_run_emits_a_valid_stream_and_checkpoints_delta(tmp_path):
+    spec = tiny_spec("bco", "unpaired", max_steps=3, save_steps=2, learning_rate=1e-3)
+    code, events, stderr = run_subprocess(spec, tmp_path)
+    assert code == 0, stderr[-3000:]
+    _check_stream(events)
+    types = [e["type"] for e in events]
+    assert types[-1] == "done" and "error" not in types
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
+    assert (tmp_path / "final" / "config.json").exists()
+    metrics = metrics_by_step(events)
+    assert len(metrics) == 3
+    for m in metrics.values():
+        assert {"train/loss", "bco/delta", "bco/loss", "rewards/chosen", "rewards/rejected"} <= set(m)
+        assert {"rewards/margins", "logps/chosen", "logps/rejected"} <= set(m)
+    assert math.isfinite(_saved_delta(tmp_path / "checkpoints" / "checkpoint-3"))
+
+
+def test_first_step_is_log_two_with_delta_zero(tmp_path):
+    # identical reference: every reward is 0, so delta = 0 and each term is -log s(0) = log 2
+    metrics, _ = _run(tmp_path, builtin="preferences", max_steps=3, learning_rate=1e-2)
+    assert metrics[1]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics[1]["bco/delta"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics[3]["bco/delta"] != 0.0  # the running mean follows the rewards
+
+
+def test_evaluation_does_not_move_the_running_mean(tmp_path):
+    _run(tmp_path / "plain", max_steps=3, save_steps=3)
+    _, events = _run(
+        tmp_path / "eval",
+        max_steps=3,
+        save_steps=3,
+        eval_steps=1,
+        eval_dataset={"builtin": "unpaired", "num_rows": 8, "seed": 7},
+    )
+    assert any("eval/bco/delta" in e.get("metrics", {}) for e in events)
+    plain = _saved_delta(tmp_path / "plain" / "checkpoints" / "checkpoint-3")
+    with_eval = _saved_delta(tmp_path / "eval" / "checkpoints" / "checkpoint-3")
+    assert plain != 0.0 and with_eval == pytest.approx(plain, rel=1e-9, abs=0)
+
+
+def test_udm_options_are_refused_and_udm_fields_warn():
+    logged = []
+    ctx = SimpleNamespace(events=SimpleNamespace(log=lambda msg, level="info": logged.append((level, msg))))
+    with pytest.raises(ValueError, match="UDM.*not supported"):
+        check_udm(SimpleNamespace(embedding_func="sentence-transformers/all-MiniLM-L6-v2"), ctx)
+    check_udm(BCOConfig(), ctx)
+    assert logged == []
+    check_udm(BCOConfig(max_density_ratio=5.0), ctx)
+    assert logged and logged[0][0] == "warning" and "max_density_ratio" in logged[0][1]
+
+
+@pytest.mark.slow
+def test_bco_resume_reproduces_the_uninterrupted_run(tmp_path):
+    spec = tiny_spec(
+        "bco",
+        "unpaired",
+        num_rows=16,
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        save_steps=3,
+        learning_rate=1e-2,  # large enough that delta, restored from the checkpoint, matters
+    )
+    full_dir, resumed_dir, _ = _resume_matches(tmp_path, spec)
+    final = _saved_delta(full_dir / "checkpoints" / "checkpoint-6")
+    assert _saved_delta(resumed_dir / "checkpoints" / "checkpoint-6") == pytest.approx(final, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_bco_margin_between_desirable_and_undesirable_rewards_rises(tmp_path):
+    spec = tiny_spec(
+        "bco",
+        "unpaired",
+        num_rows=256,
+        max_steps=30,
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        eval_steps=30,
+    )
+    spec["eval_dataset"] = {"builtin": "unpaired", "num_rows": 64, "seed": 11}  # held out
+    code, events = run_inprocess(spec, tmp_path)
+    assert code == 0, events[-1]
+    m = {e["step"]: e["metrics"] for e in events if e["type"] == "metrics" and "train/loss" in e["metrics"]}
+    final_eval = [e["metrics"] for e in events if e["type"] == "metrics" and "eval/loss" in e["metrics"]][-1]
+    first = statistics.mean(m[s]["rewards/margins"] for s in range(1, 4))
+    last = statistics.mean(m[s]["rewards/margins"] for s in range(21, 31))
+    loss_first = statistics.mean(m[s]["train/loss"] for s in range(1, 4))
+    loss_last = statistics.mean(m[s]["train/loss"] for s in range(21, 31))
+    assert last > first + 0.3, (first, last)
+    assert loss_last < loss_first - 0.04, (loss_first, loss_last)
+    assert final_eval["eval/rewards/margins"] > 0.2, final_eval
