@@ -11,6 +11,10 @@ not count (padding, prompt), and their outputs are 0.
 Position t of the K outputs scores `input_ids[:, T-K+t]` from the hidden state one position earlier (the
 causal shift), so K <= T-1. Position ids come from the attention mask (cumsum - 1), which makes left- and
 right-padded rows score exactly like unpadded ones. This module knows nothing about losses.
+
+The pieces are public for loops that need more than log-probs from one decoder pass (distillation):
+`target_hidden` (the hidden states that score the selected targets), `output_logits` (the LM head on a
+chunk of them, float32) and `stats_from_hidden` (what `token_stats` computes, from those hidden states).
 """
 
 from __future__ import annotations
@@ -77,6 +81,45 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def target_hidden(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden (n, H), targets (n,)): the hidden states that score the last K tokens and those tokens,
+    rows flattened, restricted to the flattened positions `index` of the (B, K) grid when given.
+
+    For losses that need full-vocabulary logits (distillation): pass chunks of the hidden states to
+    `output_logits` instead of materialising (B, K, V) logits."""
+    B, T = input_ids.shape
+    K = int(logits_to_keep)
+    if not 1 <= K <= T - 1:
+        raise ValueError(
+            f"logits_to_keep must be in [1, T-1] = [1, {T - 1}] for sequences of length {T} (got {K})"
+        )
+    hidden = hidden_states(model, input_ids, attention_mask)[:, T - K - 1 : T - 1]
+    flat_h = hidden.reshape(B * K, -1)
+    flat_t = input_ids[:, T - K :].reshape(B * K)
+    if index is not None:
+        flat_h, flat_t = flat_h.index_select(0, index), flat_t.index_select(0, index)
+    return flat_h, flat_t
+
+
+def output_logits(model: Any, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Float32 logits (n, V) of the model's LM head on hidden states (n, H), with the model's logit
+    scaling and soft-capping, divided by `temperature`."""
+    _, head, config = _parts(model)
+    return _head_logits(head, config, hidden, temperature)
+
+
+def vocab_width(model: Any) -> int:
+    """The number of logits the LM head produces (may exceed the tokenizer's size when padded)."""
+    _, head, _ = _parts(model)
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
+
+
 def default_chunk_size(vocab_size: int) -> int:
     return max(1, LOGIT_BUDGET // max(1, vocab_size))
 
@@ -98,33 +141,52 @@ def token_stats(
 
     `index` (optional, long): the flattened positions `mask.reshape(-1).nonzero()`, built on the host by
     the collator; passing it avoids the device sync that `nonzero()` costs on a GPU."""
-    B, T = input_ids.shape
-    K = int(logits_to_keep)
-    if not 1 <= K <= T - 1:
-        raise ValueError(
-            f"logits_to_keep must be in [1, T-1] = [1, {T - 1}] for sequences of length {T} (got {K})"
-        )
-    _, head, config = _parts(model)
-    hidden = hidden_states(model, input_ids, attention_mask)[:, T - K - 1 : T - 1]  # (B, K, H)
-    flat_h = hidden.reshape(B * K, -1)
-    flat_t = input_ids[:, T - K :].reshape(B * K)
     if index is None and mask is not None:
-        index = mask.reshape(B * K).nonzero().squeeze(-1)
-    if index is not None:
-        flat_h, flat_t = flat_h.index_select(0, index), flat_t.index_select(0, index)
+        index = mask.reshape(-1).nonzero().squeeze(-1)
+    hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index)
+    return stats_from_hidden(
+        model,
+        hidden,
+        targets,
+        (input_ids.shape[0], int(logits_to_keep)),
+        index,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        with_log_sum_p2=with_log_sum_p2,
+        chunk_size=chunk_size,
+    )
+
+
+def stats_from_hidden(
+    model: Any,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    shape: tuple[int, int],
+    index: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_log_sum_p2: bool = False,
+    chunk_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """`token_stats` from the output of `target_hidden` (hidden (n, H), targets (n,)): the LM head runs
+    over chunks, activation-checkpointed when gradients are on, and the results are scattered back to
+    the (B, K) grid `shape` (at the flattened positions `index`, zeros elsewhere). Lets a loop that also
+    needs other quantities from the same hidden states run the decoder once."""
+    B, K = shape
+    _, head, config = _parts(model)
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     size = chunk_size or default_chunk_size(vocab)
-    use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
+    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     width = 1 + int(with_entropy) + int(with_log_sum_p2)
     parts = []
-    for start in range(0, flat_h.shape[0], size):
-        h, t = flat_h[start : start + size], flat_t[start : start + size]
+    for start in range(0, hidden.shape[0], size):
+        h, t = hidden[start : start + size], targets[start : start + size]
         args = (head, config, h, t, temperature, with_entropy, with_log_sum_p2)
         parts.append(checkpoint(_chunk, *args, use_reentrant=False) if use_ckpt else _chunk(*args))
     # nothing to score (all masked): an empty result still connected to the graph, so backward() works
-    flat = torch.cat(parts) if parts else flat_h.new_zeros(0, width).float() + flat_h.sum().float() * 0.0
+    flat = torch.cat(parts) if parts else hidden.new_zeros(0, width).float() + hidden.sum().float() * 0.0
     if index is not None:
-        full = torch.zeros(B * K, width, dtype=torch.float32, device=input_ids.device)
+        full = torch.zeros(B * K, width, dtype=torch.float32, device=hidden.device)
         flat = full.index_put((index,), flat)
     flat = flat.reshape(B, K, width)
     out = {"logps": flat[..., 0]}

@@ -12,6 +12,12 @@ import pytest
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("PAPERTRAIN_REQUIRE_SERVICES") and item.get_closest_marker("integration"):
+    if (
+        report.skipped
+        and os.environ.get("PAPERTRAIN_REQUIRE_SERVICES")
+        and item.get_closest_marker("integration")
+    ):
         report.outcome = "failed"
-        report.longrepr = f"integration test skipped although PAPERTRAIN_REQUIRE_SERVICES is set: {report.longrepr}"
+        report.longrepr = (
+            f"integration test skipped although PAPERTRAIN_REQUIRE_SERVICES is set: {report.longrepr}"
+        )

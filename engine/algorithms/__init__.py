@@ -19,6 +19,11 @@ ALGORITHM_MODULES = {
     "cpo": "engine.algorithms.cpo",
     "reward": "engine.algorithms.reward",
     "grpo": "engine.algorithms.grpo",
+    "gfpo": "engine.algorithms.grpo",
+    "rloo": "engine.algorithms.rloo",
+    "gkd": "engine.algorithms.distill",
+    "gold": "engine.algorithms.distill",
+    "minillm": "engine.algorithms.minillm",
 }
 
 

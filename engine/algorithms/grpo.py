@@ -4,18 +4,26 @@
 
 Batching (ALGORITHMS.md §1.1). One *generation* samples `num_generations` (G) completions for each of
 `per_device_train_batch_size * steps_per_generation / G` prompts, scores them (rewards -> `combine_rewards`
--> `group_advantages`), shuffles the rows and cuts them into `steps_per_generation` (SPG) slices of
+-> the objective's advantages), shuffles the rows and cuts them into `steps_per_generation` (SPG) slices of
 `per_device_train_batch_size` completions. Every slice is a micro-step; an optimizer step takes
 `gradient_accumulation_steps` (GA) of them, and each generation is replayed `num_iterations` (mu) times.
 Within one optimizer step the rows are re-cut by length (the step's gradient does not depend on the cut,
 because losses divide by the step's global counts) so micro-batches carry little padding.
 
+The loop also trains RLOO (`engine.algorithms.rloo`). What differs is an `Objective`: how rewards become
+advantages (called once old / reference log-probs are known, so RLOO can put its KL into the reward), the
+policy loss config, and whether old log-probs are always computed. GRPO-only knobs (dynamic sampling, the
+GFPO filter, entropy masks and bonuses, the fp32 LM head) are read with `_option`, so a config without them
+(RLOOConfig) leaves them off. GFPO (`num_remains_in_group`) drops all but k completions of each group
+before their log-probs and advantages are computed (`completions_scored` counts the survivors).
+
 Old log-probs are computed at generation time only when some optimizer step falls between generation and
-use (GA % (SPG * mu) != 0) or vLLM's importance-sampling correction needs them; otherwise the ratio is
-exactly 1 (on-policy). The reference model exists only when `beta` > 0. Entropies are computed only when
-`top_entropy_quantile` < 1 or an entropy bonus needs them (so `policy/entropy` is logged only then); the
-entropy threshold is taken per micro-batch, as TRL does. Training micro-steps never sync with the host;
-metrics are transferred once per logged optimizer step (plus one value per step for adaptive entropy).
+use (GA % (SPG * mu) != 0), vLLM's importance-sampling correction needs them or the objective always wants
+them (RLOO); otherwise the ratio is exactly 1 (on-policy). The reference model exists only when `beta` > 0.
+Entropies are computed only when `top_entropy_quantile` < 1 or an entropy bonus needs them (so
+`policy/entropy` is logged only then); the entropy threshold is taken per micro-batch, as TRL does.
+Training micro-steps never sync with the host; metrics are transferred once per logged optimizer step (plus
+one value per step for adaptive entropy).
 
 Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
 job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
@@ -30,7 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +65,7 @@ from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
 from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
 from engine.rollout.prompts import PromptEncoder, PromptSampler, display_prompt
+from engine.spec.grpo import GRPOConfig
 
 FORMATS = ("prompt_only", "prompt_completion")
 NOT_REWARD_COLUMNS = ("prompt", "completion", "completion_ids")
@@ -83,7 +92,7 @@ class Plan:
     needs_old_logps: bool
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Plan:
+    def from_config(cls, cfg: Any, always_old_logps: bool = False) -> Plan:
         spg, ga, mu = cfg.effective_steps_per_generation, cfg.gradient_accumulation_steps, cfg.num_iterations
         completions = cfg.per_device_train_batch_size * spg
         if completions % cfg.num_generations:
@@ -100,7 +109,7 @@ class Plan:
             grad_accum=ga,
             num_iterations=mu,
             prompts_per_generation=completions // cfg.num_generations,
-            needs_old_logps=(ga % (spg * mu) != 0) or is_correction,
+            needs_old_logps=always_old_logps or (ga % (spg * mu) != 0) or is_correction,
         )
 
 
@@ -112,6 +121,52 @@ class Counters:
     old_logp_forwards: int = 0
     ref_logp_forwards: int = 0
     policy_forwards: int = 0
+    completions_sampled: int = 0  # completions in the generation batches (dynamic sampling's spares too)
+    completions_scored: int = 0  # completions given an advantage (after the GFPO filter)
+
+
+Advantages = Callable[[torch.Tensor, int, ScoredRollout], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What one algorithm trained by this loop decides for itself.
+
+    loss: the policy loss (`engine.losses`, dispatched on `loss.loss_type`).
+    aggregation: `multi_objective_aggregation` used to combine the reward functions' columns.
+    always_old_logps: compute old log-probs at generation time even when the step is on-policy.
+    advantages(rewards (N,), group, rollout) -> (advantages (N,), metrics): called once per generation
+        batch, after the rollout's old / reference log-probs are filled; rows are in groups of `group`.
+    """
+
+    loss: PolicyLossConfig
+    aggregation: str
+    always_old_logps: bool
+    advantages: Advantages
+
+
+def grpo_objective(cfg: Any) -> Objective:
+    """GRPO and its variants: group-relative advantages (ALGORITHMS §1.3), the loss of `cfg.loss_type`."""
+
+    def advantages(
+        rewards: torch.Tensor, group: int, rollout: ScoredRollout
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        adv, _ = adv_lib.group_advantages(
+            rewards, group, cfg.scale_rewards, aggregation=cfg.multi_objective_aggregation
+        )
+        return adv, {}
+
+    return Objective(
+        loss=PolicyLossConfig.from_spec(cfg),
+        aggregation=cfg.multi_objective_aggregation,
+        always_old_logps=False,
+        advantages=advantages,
+    )
+
+
+def _option(cfg: Any, name: str) -> Any:
+    """A GRPO-only knob; a config without it (RLOOConfig) gets GRPOConfig's default, which turns it off."""
+    return getattr(cfg, name, GRPOConfig.model_fields[name].default)
 
 
 @dataclass
@@ -123,14 +178,15 @@ class GRPOState:
 
 
 class GRPOTrainer:
-    def __init__(self, spec: Any, ctx: TrainContext) -> None:
+    def __init__(self, spec: Any, ctx: TrainContext, objective: Objective | None = None) -> None:
         self.spec, self.ctx, self.cfg = spec, ctx, spec.config
         cfg = self.cfg
-        self.plan = Plan.from_config(cfg)
+        self.objective = objective or grpo_objective(cfg)
+        self.plan = Plan.from_config(cfg, always_old_logps=self.objective.always_old_logps)
         self.counters = Counters()
         seed_everything(ctx.seed)
 
-        _, self.rows = expect_format(load_rows(spec.dataset, ctx.uploads_dir), FORMATS, "grpo")
+        _, self.rows = expect_format(load_rows(spec.dataset, ctx.uploads_dir), FORMATS, spec.algorithm)
         rows = self.rows
         self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
         self.eos_ids = _eos_ids(self.tokenizer)
@@ -141,12 +197,13 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(rows), ctx.seed, shuffle=cfg.shuffle_dataset)
 
         self.model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
-        if cfg.cast_lm_head_to_fp32:
+        cast_head = _option(cfg, "cast_lm_head_to_fp32")
+        if cast_head:
             _cast_lm_head_to_fp32(self.model)
         self.reference = None
         if cfg.beta > 0:
             self.reference = load_reference(spec, self.model, ctx.device, ctx.dtype)
-            if cfg.cast_lm_head_to_fp32 and not self.reference.adapter_disabled:
+            if cast_head and not self.reference.adapter_disabled:
                 _cast_lm_head_to_fp32(self.reference.model)
         if cfg.sync_ref_model and (self.reference is None or self.reference.adapter_disabled):
             raise ValueError(
@@ -161,11 +218,14 @@ class GRPOTrainer:
         self.reward_weights = torch.tensor(
             cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32
         )
-        self.loss_cfg = PolicyLossConfig.from_spec(cfg)
+        self.loss_cfg = self.objective.loss
+        self.adaptive_entropy = bool(_option(cfg, "use_adaptive_entropy"))
         self.need_entropy = (
-            cfg.top_entropy_quantile < 1.0 or cfg.entropy_coef != 0.0 or cfg.use_adaptive_entropy
+            _option(cfg, "top_entropy_quantile") < 1.0
+            or _option(cfg, "entropy_coef") != 0.0
+            or self.adaptive_entropy
         )
-        self.state = GRPOState(entropy_coef=cfg.entropy_coef)
+        self.state = GRPOState(entropy_coef=_option(cfg, "entropy_coef"))
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_completion_length,
             eos_token_ids=self.eos_ids,
@@ -217,6 +277,7 @@ class GRPOTrainer:
             out = self.backend.generate(prompt_ids, G, self.sampling)
         self.counters.generations += 1
         ids = out.completion_id_lists()
+        self.counters.completions_sampled += len(ids)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         prompts = [self.rows[i]["prompt"] for i in prompt_rows for _ in range(G)]
         columns = {c: [self.rows[i].get(c) for i in prompt_rows for _ in range(G)] for c in self.columns}
@@ -229,7 +290,8 @@ class GRPOTrainer:
 
     def generate(self) -> ScoredRollout:
         """One scored generation batch, DAPO dynamic sampling and GFPO filtering included."""
-        cfg, G = self.cfg, self.plan.num_generations
+        G, aggregation = self.plan.num_generations, self.objective.aggregation
+        dynamic_sampling = _option(self.cfg, "dynamic_sampling")
         need = self.plan.prompts_per_generation
         kept: list[Sampled] = []
         spare: list[Sampled] = []
@@ -237,13 +299,11 @@ class GRPOTrainer:
         while have < need:
             rounds += 1
             part = self._sample(self.sampler.take(need - have))
-            combined = adv_lib.combine_rewards(
-                part.rewards, self.reward_weights, cfg.multi_objective_aggregation, G
-            )
+            combined = adv_lib.combine_rewards(part.rewards, self.reward_weights, aggregation, G)
             flat = adv_lib.zero_variance_groups(combined, G).tolist()
             groups_seen += len(flat)
             zero_std_seen += sum(flat)
-            if not cfg.dynamic_sampling:
+            if not dynamic_sampling:
                 kept.append(part)
                 break
             good = [g for g, f in enumerate(flat) if not f]
@@ -253,7 +313,7 @@ class GRPOTrainer:
                 have += len(good)
             if bad:
                 spare.append(part.select(_group_rows(bad, G)))
-            if rounds >= cfg.max_dynamic_sampling_rounds and have < need:
+            if rounds >= _option(self.cfg, "max_dynamic_sampling_rounds") and have < need:
                 # Out of rounds: fill up with zero-variance groups (advantage 0) to keep the batch size.
                 for extra in spare:
                     take = min(need - have, len(extra) // G)
@@ -262,30 +322,23 @@ class GRPOTrainer:
                         have += take
                 break
         metrics = {"rollout/frac_reward_zero_std": zero_std_seen / max(1, groups_seen)}
-        if cfg.dynamic_sampling:
+        if dynamic_sampling:
             metrics["rollout/dynamic_sampling_rounds"] = float(rounds)
         return self._score(Sampled.concat(kept, self.pad_id), metrics)
 
     def _score(self, part: Sampled, metrics: dict[str, float]) -> ScoredRollout:
-        """Advantages (after the GFPO filter, if any), loss mask, log-probs and metrics of one batch."""
+        """Loss mask, log-probs, advantages (after the GFPO filter, if any) and metrics of one batch."""
         cfg, group = self.cfg, self.plan.num_generations
         combined = adv_lib.combine_rewards(
-            part.rewards, self.reward_weights, cfg.multi_objective_aggregation, group
+            part.rewards, self.reward_weights, self.objective.aggregation, group
         )
-        if cfg.num_remains_in_group is not None:
+        remains = _option(cfg, "num_remains_in_group")
+        if remains is not None:
             lengths = torch.tensor([len(i) for i in part.ids])
-            keep = adv_lib.gfpo_keep_mask(
-                group, cfg.num_remains_in_group, lengths, combined, cfg.group_filter
-            )
+            keep = adv_lib.gfpo_keep_mask(group, remains, lengths, combined, cfg.group_filter)
             rows = keep.nonzero().squeeze(-1)
-            part, combined, group = (
-                part.select(rows.tolist()),
-                combined.index_select(0, rows),
-                cfg.num_remains_in_group,
-            )
-        advantages, _ = adv_lib.group_advantages(
-            combined, group, cfg.scale_rewards, aggregation=cfg.multi_objective_aggregation
-        )
+            metrics = {**metrics, "rollout/sampled_completion_length_mean": float(lengths.float().mean())}
+            part, combined, group = part.select(rows.tolist()), combined.index_select(0, rows), remains
         out, device = part.out, self.ctx.device
         lengths = [len(i) for i in part.ids]
         loss_mask = out.completion_mask.clone()
@@ -297,7 +350,7 @@ class GRPOTrainer:
             completion_ids=out.completion_ids.to(device),
             completion_mask=out.completion_mask.to(device),
             loss_mask=loss_mask.to(device),
-            advantages=advantages.float().to(device),
+            advantages=torch.zeros(len(lengths), device=device),  # set below, once log-probs are known
             prompt_lengths=out.prompt_mask.sum(dim=1).tolist(),
             completion_lengths=lengths,
             loss_tokens=[
@@ -306,15 +359,19 @@ class GRPOTrainer:
             ],
             sampling_logps=None if out.sampling_logps is None else out.sampling_logps.to(device),
         )
+        self._fill_logps(rollout)
+        advantages, objective_metrics = self.objective.advantages(combined, group, rollout)
+        rollout.advantages = advantages.float().to(device)
+        self.counters.completions_scored += len(rollout)
         rollout.metrics = {
             **metrics,
             **self._rollout_metrics(part.rewards, combined, lengths, part.truncated),
+            **objective_metrics,
         }
         rollout.samples = [
             {"prompt": display_prompt(p), "completion": t, "reward": None if math.isnan(r) else r}
             for p, t, r in zip(part.prompts, part.texts, combined.tolist(), strict=True)
         ]
-        self._fill_logps(rollout)
         return rollout
 
     def _rollout_metrics(
@@ -423,7 +480,7 @@ class GRPOTrainer:
             logps, entropies = self._logps(self.model, mb, with_entropy=self.need_entropy)
         self.counters.policy_forwards += 1
         loss_cfg = self.loss_cfg
-        if self.cfg.use_adaptive_entropy:
+        if self.adaptive_entropy:
             applied = self.state.entropy_coef if self.state.last_entropy <= self.cfg.entropy_target else 0.0
             loss_cfg = dataclasses.replace(loss_cfg, entropy_coef=applied)
         batch = PolicyBatch(
@@ -436,7 +493,7 @@ class GRPOTrainer:
             entropies=entropies,
         )
         out = policy_loss(batch, loss_cfg, counts)
-        if self.cfg.use_adaptive_entropy and "policy/entropy" in out.metrics:
+        if self.adaptive_entropy and "policy/entropy" in out.metrics:
             self._step_entropy = self._step_entropy + out.metrics["policy/entropy"]
         for name, value in out.metrics.items():
             if name != "policy/loss":
@@ -454,7 +511,8 @@ class GRPOTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         step = ctx.step = self._resume(checkpointer, optimizer, scheduler, scaler)
         ctx.events.log(
-            f"grpo: {plan.prompts_per_generation} prompts x {plan.num_generations} generations per generation, "
+            f"{self.spec.algorithm}: {plan.prompts_per_generation} prompts x {plan.num_generations} "
+            "generations per generation, "
             f"{plan.steps_per_generation} slices of {plan.batch_size}, {plan.grad_accum} micro-steps per "
             f"optimizer step, {total} steps; old log-probs {'on' if plan.needs_old_logps else 'off (on-policy)'}, "
             f"reference {'on' if self.reference is not None else 'off (beta=0)'}"
@@ -488,7 +546,7 @@ class GRPOTrainer:
             if step % cfg.logging_steps == 0 or step == total:
                 metrics.set("train/learning_rate", lr)
                 metrics.set("train/epoch", self.sampler.epoch_float)
-                if cfg.use_adaptive_entropy:
+                if self.adaptive_entropy:
                     metrics.set("policy/entropy_coef", self.state.entropy_coef)
                 ctx.events.metrics(step, metrics.compute())
                 if (
@@ -510,15 +568,17 @@ class GRPOTrainer:
                     scaler=scaler,
                 )
                 ctx.events.checkpoint(step, str(path))
+        c = self.counters
         ctx.events.log(
-            f"grpo counters: generations={self.counters.generations} policy_forwards={self.counters.policy_forwards} "
-            f"old_logp_forwards={self.counters.old_logp_forwards} ref_logp_forwards={self.counters.ref_logp_forwards}"
+            f"{self.spec.algorithm} counters: generations={c.generations} policy_forwards={c.policy_forwards} "
+            f"old_logp_forwards={c.old_logp_forwards} ref_logp_forwards={c.ref_logp_forwards} "
+            f"completions_sampled={c.completions_sampled} completions_scored={c.completions_scored}"
         )
         return save_model(self.model, self.tokenizer, ctx.out_dir / "final")
 
     def _after_step(self, step: int, metrics: StepMetrics) -> None:
         cfg = self.cfg
-        if cfg.use_adaptive_entropy:
+        if self.adaptive_entropy:
             # One extra host transfer per step: the controller needs this step's token-mean entropy
             # (the micro-batch contributions sum to it).
             value = float(self._step_entropy)
@@ -557,7 +617,7 @@ class GRPOTrainer:
 
 
 def train(spec: Any, ctx: TrainContext) -> Path:
-    """Run a GRPO job; returns DIR/final."""
+    """Run a GRPO (or GFPO) job; returns DIR/final."""
     return GRPOTrainer(spec, ctx).train()
 
 

@@ -74,7 +74,9 @@ def apply_preset(preset: Preset, request: dict[str, Any]) -> dict[str, Any]:
     request.pop("preset", None)
     algorithm = request.pop("algorithm", preset.algorithm)
     if algorithm != preset.algorithm:
-        raise ValueError(f"preset {preset.id!r} is a {preset.algorithm!r} preset; drop 'algorithm' or use a matching preset")
+        raise ValueError(
+            f"preset {preset.id!r} is a {preset.algorithm!r} preset; drop 'algorithm' or use a matching preset"
+        )
     spec: dict[str, Any] = copy.deepcopy(preset.job)
     config = copy.deepcopy(preset.config)
     overrides = request.pop("config", None) or {}

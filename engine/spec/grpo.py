@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.spec.base import SpecError, StrictModel, TrainingArgs
+from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_model_ref
 from engine.spec.names import REWARD_FUNCS
 
 GrpoLoss = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
@@ -224,7 +224,9 @@ class PAPOConfig(GRPOConfig):
 
 
 class MiniLLMConfig(GRPOConfig):
-    teacher_model_name_or_path: str | None = None
+    teacher_model_name_or_path: str | None = Field(
+        None, description="required: the teacher (HF id, local path, 'bundled:...' or 'tiny:llama')"
+    )
     rkl_advantage: bool = True
     single_step_decomposition: bool = True
     kd_temperature: float = Field(1.0, gt=0)
@@ -233,6 +235,20 @@ class MiniLLMConfig(GRPOConfig):
 
     @model_validator(mode="after")
     def _grpo(self) -> MiniLLMConfig:  # MiniLLM allows a single generation per prompt
+        return self
+
+    @model_validator(mode="after")
+    def _teacher(self) -> MiniLLMConfig:
+        if self.teacher_model_name_or_path is None:
+            raise SpecError(
+                "teacher_model_name_or_path",
+                "MiniLLM needs a teacher: set teacher_model_name_or_path to an HF id, a local path "
+                "(e.g. a previous job's final/ folder), 'bundled:smollm2-135m-instruct' or 'tiny:llama'",
+            )
+        try:
+            check_model_ref(self.teacher_model_name_or_path)
+        except ValueError as exc:
+            raise SpecError("teacher_model_name_or_path", str(exc)) from None
         return self
 
 

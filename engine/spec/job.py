@@ -31,7 +31,9 @@ from engine.spec.offline import (
 
 # Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
 # but are refused at submission with a clear message until their loops land.
-RUNNABLE_ALGORITHMS = frozenset({"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo"})
+RUNNABLE_ALGORITHMS = frozenset(
+    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "rloo", "gkd", "gold", "minillm"}
+)
 
 
 class _JobBase(StrictModel):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.spec.base import SpecError, StrictModel, TrainingArgs
+from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_model_ref
 from engine.spec.names import DPO_LOSS_TYPES
 
 
@@ -168,8 +168,24 @@ class GKDConfig(SFTConfig):
     temperature: float = Field(0.9, gt=0)
     max_new_tokens: int = Field(128, ge=1)
     seq_kd: bool = False
-    teacher_model_name_or_path: str | None = None
+    teacher_model_name_or_path: str | None = Field(
+        None, description="required: the teacher (HF id, local path, 'bundled:...' or 'tiny:llama')"
+    )
     disable_dropout: bool = True
+
+    @model_validator(mode="after")
+    def _teacher(self) -> GKDConfig:
+        if self.teacher_model_name_or_path is None:
+            raise SpecError(
+                "teacher_model_name_or_path",
+                "distillation needs a teacher: set teacher_model_name_or_path to an HF id, a local path "
+                "(e.g. a previous job's final/ folder), 'bundled:smollm2-135m-instruct' or 'tiny:llama'",
+            )
+        try:
+            check_model_ref(self.teacher_model_name_or_path)
+        except ValueError as exc:
+            raise SpecError("teacher_model_name_or_path", str(exc)) from None
+        return self
 
 
 class GOLDConfig(GKDConfig):
@@ -193,3 +209,23 @@ class GOLDConfig(GKDConfig):
     uld_skip_teacher_eos: bool = True
     teacher_tokenizer_name_or_path: str | None = None
     use_vllm: bool = False
+
+    @model_validator(mode="after")
+    def _gold(self) -> GOLDConfig:
+        rows = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if (
+            self.generation_batch_size is not None
+            and self.generation_batch_size * self.num_generations != rows
+        ):
+            raise SpecError(
+                "generation_batch_size",
+                f"generation_batch_size * num_generations must equal per_device_train_batch_size * "
+                f"gradient_accumulation_steps = {rows} (the rows of one optimizer step); leave it unset",
+            )
+        if self.max_length is not None and self.max_completion_length >= self.max_length:
+            raise SpecError(
+                "max_completion_length",
+                f"max_completion_length={self.max_completion_length} must be smaller than "
+                f"max_length={self.max_length} to leave room for the prompt",
+            )
+        return self

@@ -100,7 +100,7 @@ def presets(monkeypatch):
             title="B",
             paper_url="https://example.org/b",
             section="S",
-            algorithm="gold",
+            algorithm="papo",
             config={},
             notes="",
         ),
@@ -113,7 +113,7 @@ def test_presets_list_and_get(client, alice, presets) -> None:
     listed = client.get("/v1/presets", headers=alice).json()["presets"]
     assert {p["id"]: p["runnable"] for p in listed} == {
         "runnable-one": True,
-        "later-one": "gold" in RUNNABLE_ALGORITHMS,
+        "later-one": "papo" in RUNNABLE_ALGORITHMS,
     }
     one = client.get("/v1/presets/runnable-one", headers=alice).json()
     assert {k: one[k] for k in ("id", "version", "title", "paper_url", "algorithm", "config", "notes")} == {

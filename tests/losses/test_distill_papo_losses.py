@@ -83,9 +83,13 @@ def test_from_spec_picks_the_loss():
     from engine.spec.grpo import MiniLLMConfig
     from engine.spec.offline import GKDConfig, GOLDConfig
 
-    assert DistillLossConfig.from_spec(GKDConfig(beta=0.2)) == DistillLossConfig("gkd", 0.2, 1.0)
-    assert DistillLossConfig.from_spec(GOLDConfig()) == DistillLossConfig("gold", 0.5, 0.9)
-    assert DistillLossConfig.from_spec(MiniLLMConfig(kd_temperature=2.0)).loss_type == "minillm"
+    teacher = "tiny:llama"  # the configs require one
+    gkd = GKDConfig(beta=0.2, teacher_model_name_or_path=teacher)
+    assert DistillLossConfig.from_spec(gkd) == DistillLossConfig("gkd", 0.2, 1.0)
+    gold = GOLDConfig(teacher_model_name_or_path=teacher)
+    assert DistillLossConfig.from_spec(gold) == DistillLossConfig("gold", 0.5, 0.9)
+    minillm = MiniLLMConfig(kd_temperature=2.0, teacher_model_name_or_path=teacher)
+    assert DistillLossConfig.from_spec(minillm).loss_type == "minillm"
 
 
 def test_uld_sorted_l1_with_zero_padding():
