@@ -570,6 +570,27 @@ def evaluate_offline(
     return {("eval/loss" if k == "train/loss" else f"eval/{k}"): v for k, v in metrics.compute().items()}
 
 
+def offline_evaluator(
+    ctx: TrainContext,
+    model: Any,
+    num_rows: int,
+    batch_size: int,
+    collate: Callable[[list[int]], Any],
+    counts: Callable[[list[Any]], Any],
+    micro_step: Callable[[Any, Any, StepMetrics], torch.Tensor],
+) -> Callable[[], dict[str, float]] | None:
+    """The `evaluate` of `OfflineParts`: the eval set in fixed batches of `batch_size` row indices, each
+    collated by `collate(indices)` and scored by `evaluate_offline`. None when there is no eval set."""
+    if not num_rows:
+        return None
+    plan = [list(range(i, min(i + batch_size, num_rows))) for i in range(0, num_rows, batch_size)]
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_offline(ctx, model, [collate(idx) for idx in plan], counts, micro_step)
+
+    return evaluate
+
+
 def sample_batches(
     num_rows: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
 ) -> list[list[int]]:

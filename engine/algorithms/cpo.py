@@ -24,7 +24,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
 )
 from engine.data import (
@@ -69,7 +69,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     pairs = prepare_pairs(spec, ctx, tokenizer)
-    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     policy = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     loss_cfg = CPOLossConfig.from_spec(cfg)
     needs_nll = loss_cfg.cpo_alpha != 0.0
@@ -110,14 +110,15 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             metrics.add_sum(name, value)
         return out.loss
 
-    evaluate = None
-    if eval_pairs:
-        collate_eval = collate_from(eval_pairs)
-        ebs = cfg.per_device_eval_batch_size
-        eval_plan = [list(range(i, min(i + ebs, len(eval_pairs)))) for i in range(0, len(eval_pairs), ebs)]
-
-        def evaluate() -> dict[str, float]:
-            return evaluate_offline(ctx, policy, [collate_eval(idx) for idx in eval_plan], counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        policy,
+        len(eval_pairs),
+        cfg.per_device_eval_batch_size,
+        collate_from(eval_pairs),
+        counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,

@@ -47,7 +47,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
     total_optimizer_steps,
 )
@@ -367,7 +367,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         ctx.events.log("packing/padding_free are not supported; using length-bucketed batches", "warning")
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_examples(spec, ctx, tokenizer)
-    eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     teacher = load_teacher(spec, ctx, tokenizer)
     vocab = shared_vocab(model, teacher, tokenizer, ctx)
@@ -436,17 +436,17 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             ctx.events.samples(step, list(pending_samples))
             pending_samples.clear()
 
-    evaluate = None
-    if eval_examples:
-        ebs = cfg.per_device_eval_batch_size
-        eval_plan = [eval_examples[i : i + ebs] for i in range(0, len(eval_examples), ebs)]
-
-        def evaluate() -> dict[str, float]:
-            batches = [
-                build_batch(rows, "dataset", pad_id, cfg.pad_to_multiple_of).to(ctx.device)
-                for rows in eval_plan
-            ]
-            return evaluate_offline(ctx, model, batches, counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        model,
+        len(eval_examples),
+        cfg.per_device_eval_batch_size,
+        lambda idx: build_batch(
+            [eval_examples[i] for i in idx], "dataset", pad_id, cfg.pad_to_multiple_of
+        ).to(ctx.device),
+        counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,

@@ -27,7 +27,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
 )
 from engine.data import (
@@ -145,7 +145,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         ctx.events.log("padding_free is not supported yet; using length-bucketed batches", "warning")
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     pairs = prepare_pairs(spec, ctx, tokenizer)
-    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     policy = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     # The reference is taken before any step (and before a resume loads trained weights into the policy).
     ref = None if cfg.reference_free else load_reference(spec, policy, ctx.device, ctx.dtype)
@@ -228,17 +228,15 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         if "reference" in saved and ref is not None:
             ref.model.load_state_dict(saved["reference"])
 
-    evaluate = None
-    if eval_pairs:
-        collate_eval = collate_from(eval_pairs, "eval")
-        eval_plan = [
-            list(range(i, min(i + cfg.per_device_eval_batch_size, len(eval_pairs))))
-            for i in range(0, len(eval_pairs), cfg.per_device_eval_batch_size)
-        ]
-
-        def evaluate() -> dict[str, float]:
-            items = [collate_eval(idx) for idx in eval_plan]
-            return evaluate_offline(ctx, policy, items, counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        policy,
+        len(eval_pairs),
+        cfg.per_device_eval_batch_size,
+        collate_from(eval_pairs, "eval"),
+        counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,

@@ -28,7 +28,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
 )
 from engine.data import DataFormatError, TokenBatch, expect_format, load_rows
@@ -168,7 +168,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
     eval_examples = (
         prepare_unpaired(spec, ctx, tokenizer, spec.eval_dataset, with_kl=with_kl)
         if spec.eval_dataset
-        else None
+        else []
     )
     policy = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     # The reference is taken before any step (and before a resume loads trained weights into the policy).
@@ -214,17 +214,15 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             metrics.add_sum(name, value)
         return out.loss
 
-    evaluate = None
-    if eval_examples:
-        collate_eval = collate_from(eval_examples, "eval")
-        ebs = cfg.per_device_eval_batch_size
-        eval_plan = [
-            list(range(i, min(i + ebs, len(eval_examples)))) for i in range(0, len(eval_examples), ebs)
-        ]
-
-        def evaluate() -> dict[str, float]:
-            items = [collate_eval(idx) for idx in eval_plan]
-            return evaluate_offline(ctx, policy, items, unpaired_counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        policy,
+        len(eval_examples),
+        cfg.per_device_eval_batch_size,
+        collate_from(eval_examples, "eval"),
+        unpaired_counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,

@@ -30,7 +30,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
 )
 from engine.data import DataFormatError, expect_format, load_rows
@@ -128,7 +128,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     pairs = prepare_pairs(spec, ctx, tokenizer)
-    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     model = load_reward_model(spec, tokenizer, ctx.device, ctx.dtype, ctx.cache_dir)
     pad_id = tokenizer.pad_token_id
 
@@ -157,14 +157,15 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         metrics.add_sum("train/num_tokens", float(batch.num_tokens))
         return loss.loss
 
-    evaluate = None
-    if eval_pairs:
-        collate_eval = collate_from(eval_pairs)
-        ebs = cfg.per_device_eval_batch_size
-        eval_plan = [list(range(i, min(i + ebs, len(eval_pairs)))) for i in range(0, len(eval_pairs), ebs)]
-
-        def evaluate() -> dict[str, float]:
-            return evaluate_offline(ctx, model, [collate_eval(idx) for idx in eval_plan], counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        model,
+        len(eval_pairs),
+        cfg.per_device_eval_batch_size,
+        collate_from(eval_pairs),
+        counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,

@@ -23,7 +23,7 @@ from engine.algorithms.common import (
     OfflineParts,
     StepMetrics,
     TrainContext,
-    evaluate_offline,
+    offline_evaluator,
     run_offline_loop,
 )
 from engine.data import DataFormatError, collate_sft, expect_format, load_rows, tokenize_sft
@@ -81,7 +81,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         ctx.events.log("packing/padding_free are not supported yet; using length-bucketed batches", "warning")
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_examples(spec, ctx, tokenizer)
-    eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else None
+    eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     pad_id = tokenizer.pad_token_id
     stream = BatchStream([len(e.input_ids) for e in examples], cfg.per_device_train_batch_size, cfg.seed)
@@ -119,19 +119,17 @@ def train(spec: Any, ctx: TrainContext) -> Path:
                 trainable[name].copy_(value)
         save_model(model, tokenizer, final / "bema")
 
-    evaluate = None
-    if eval_examples:
-        ebs = cfg.per_device_eval_batch_size
-        eval_plan = [
-            list(range(i, min(i + ebs, len(eval_examples)))) for i in range(0, len(eval_examples), ebs)
-        ]
-
-        def evaluate() -> dict[str, float]:
-            batches = [
-                collate_sft([eval_examples[i] for i in idx], pad_id, cfg.pad_to_multiple_of).to(ctx.device)
-                for idx in eval_plan
-            ]
-            return evaluate_offline(ctx, model, batches, counts, micro_step)
+    evaluate = offline_evaluator(
+        ctx,
+        model,
+        len(eval_examples),
+        cfg.per_device_eval_batch_size,
+        lambda idx: collate_sft([eval_examples[i] for i in idx], pad_id, cfg.pad_to_multiple_of).to(
+            ctx.device
+        ),
+        counts,
+        micro_step,
+    )
 
     return run_offline_loop(
         ctx,
