@@ -53,10 +53,13 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
     stop = stop or threading.Event()
     ctx = None
     try:
-        from engine.spec import parse_job_spec
+        from engine.spec import parse_job_spec, unsupported
 
         raw = json.loads(Path(args.spec).read_text(encoding="utf-8"))
         spec = parse_job_spec(raw)
+        problem = unsupported(spec)
+        if problem is not None:
+            raise ValueError(str(problem))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         cache = os.environ.get("PAPERTRAIN_MODEL_CACHE")

@@ -22,7 +22,7 @@ from api.errors import ApiError, validation_error
 from core.models import Job, JobEvent, UploadedFile, User, utcnow
 from core.settings import Settings
 from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
-from engine.spec import CONFIG_CLASSES, RUNNABLE_ALGORITHMS, parse_job_spec, resolve
+from engine.spec import CONFIG_CLASSES, parse_job_spec, resolve, unsupported
 
 JOB_LEVEL_FIELDS = [
     "algorithm",
@@ -109,14 +109,11 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
     except ValidationError as exc:
         # loc[0] is the union tag (the algorithm), not a field
         raise validation_error(exc.errors(), strip=1, known_fields=_known_fields(raw)) from None
-    if spec.algorithm not in RUNNABLE_ALGORITHMS:
+    problem = unsupported(spec)
+    if problem is not None:
+        code = "algorithm_not_runnable" if problem.field == "algorithm" else "option_not_available"
         raise ApiError(
-            422,
-            "algorithm_not_runnable",
-            f"algorithm {spec.algorithm!r} validates but cannot be trained yet; "
-            f"runnable now: {sorted(RUNNABLE_ALGORITHMS)}",
-            param="algorithm",
-            remediation=f"use one of {sorted(RUNNABLE_ALGORITHMS)} (or a preset for one of them)",
+            422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
     resolved = _resolve_files(session, user, resolve(spec))
     job = Job(

@@ -5,7 +5,15 @@ spec = parse_job_spec({"algorithm": "sft", "model": "tiny:llama", "dataset": {"b
 """
 
 from engine.spec.base import DatasetSpec, HardwareSpec, LoraSpec, StrictModel
-from engine.spec.job import ALGORITHMS, CONFIG_CLASSES, RUNNABLE_ALGORITHMS, JobSpec, parse_job_spec, resolve
+from engine.spec.job import (
+    ALGORITHMS,
+    CONFIG_CLASSES,
+    RUNNABLE_ALGORITHMS,
+    JobSpec,
+    parse_job_spec,
+    resolve,
+    unsupported,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -18,4 +26,5 @@ __all__ = [
     "StrictModel",
     "parse_job_spec",
     "resolve",
+    "unsupported",
 ]

@@ -210,6 +210,32 @@ CONFIG_CLASSES: dict[str, type[StrictModel]] = {
     "gold": GOLDConfig,
 }
 
+ONLINE_ALGORITHMS = frozenset({"grpo", "gfpo", "papo", "minillm", "rloo"})
+
+
+def unsupported(spec: Any) -> SpecError | None:
+    """Why a valid spec cannot be trained by this engine yet (None when it can). The api answers 422 with it
+    and the engine refuses it too, so an accepted option is never silently ignored."""
+    if spec.algorithm not in RUNNABLE_ALGORITHMS:
+        return SpecError(
+            "algorithm",
+            f"algorithm {spec.algorithm!r} validates but cannot be trained yet; "
+            f"runnable now: {sorted(RUNNABLE_ALGORITHMS)}",
+        )
+    dist = spec.distributed
+    if dist is not None and (dist.num_processes > 1 or dist.distributed_type != "NO"):
+        return SpecError(
+            "distributed",
+            "multi-process and DeepSpeed ZeRO training are not available yet; "
+            "remove 'distributed' to train on one device",
+        )
+    if spec.algorithm in ONLINE_ALGORITHMS and spec.eval_dataset is not None:
+        return SpecError(
+            "eval_dataset", f"evaluation is not available for {spec.algorithm!r} yet; remove eval_dataset"
+        )
+    return None
+
+
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 

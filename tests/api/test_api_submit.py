@@ -219,3 +219,34 @@ def test_send_happens_after_commit_not_before(client, alice, sent, monkeypatch) 
     job = client.post("/v1/jobs", json=SFT_SPEC, headers=alice).json()
     assert [m["committed_status"] for m in sent] == ["queued"]
     assert sent[0]["job_id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        (
+            {
+                "distributed": {
+                    "distributed_type": "DEEPSPEED",
+                    "num_processes": 2,
+                    "deepspeed_config": {"zero_stage": 3},
+                },
+                "hardware": {"accelerator": "gpu", "gpus": 2},
+            },
+            "distributed",
+        ),
+        (
+            {
+                "algorithm": "grpo",
+                "dataset": {"builtin": "arithmetic"},
+                "eval_dataset": {"builtin": "arithmetic"},
+            },
+            "eval_dataset",
+        ),
+    ],
+)
+def test_valid_options_the_engine_cannot_honour_are_refused(client, alice, sent, extra, param) -> None:
+    body = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"builtin": "chat"}, **extra}
+    error = _error(client.post("/v1/jobs", json=body, headers=alice))
+    assert (error["code"], error["param"]) == ("option_not_available", param)
+    assert sent == []

@@ -72,6 +72,15 @@ def test_bad_spec_gives_an_error_event_and_exit_1(tmp_path):
     assert "loss_type" in events[-1]["message"] and events[-1]["traceback"]
 
 
+def test_engine_refuses_options_it_cannot_honour(tmp_path):
+    spec = tiny_spec("sft", "chat")
+    spec["distributed"] = {"distributed_type": "DEEPSPEED", "num_processes": 2}
+    spec["hardware"] = {"accelerator": "gpu", "gpus": 2}
+    code, events = run_inprocess(spec, tmp_path)
+    assert code == 1
+    assert events[-1]["type"] == "error" and "distributed" in events[-1]["message"]
+
+
 def test_dataset_error_names_the_row(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 5}\n')

@@ -156,3 +156,15 @@ def test_builtin_dataset_must_fit_the_algorithm():
     _, msg, field = error_of({**BASE, "algorithm": "sft"})
     assert field == "dataset.builtin" and "'chat'" in msg
     parse_job_spec({**BASE, "algorithm": "sft", "dataset": {"builtin": "chat"}})
+
+
+def test_unsupported_names_what_the_engine_cannot_do_yet():
+    from engine.spec import unsupported
+
+    assert unsupported(parse_job_spec({**CHAT, "algorithm": "sft"})) is None
+    zero = {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"zero_stage": 3}}
+    spec = parse_job_spec(
+        {**CHAT, "algorithm": "sft", "distributed": zero, "hardware": {"accelerator": "gpu", "gpus": 2}}
+    )
+    assert unsupported(spec).field == "distributed"
+    assert unsupported(parse_job_spec({**BASE, "algorithm": "papo"})).field == "algorithm"
