@@ -29,7 +29,7 @@ class SFTConfig(TrainingArgs):
     max_length: int | None = Field(1024, ge=1)
     truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
     packing: bool = False
-    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
+    packing_strategy: Literal["bfd", "bfd_split", "bfd-requeue", "wrapped"] = "bfd"  # bfd-requeue: older name
     padding_free: bool = False
     completion_only_loss: bool | None = None
     assistant_only_loss: bool = False
