@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1, description="largest accepted dataset upload"
     )
+    data_roots: str = Field(
+        default="",
+        description="comma-separated folders a job's dataset.path may point into; empty: any path "
+        "(fine for one local user; set it on a shared deployment so jobs cannot read arbitrary worker files)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -64,6 +69,10 @@ class Settings(BaseSettings):
             if data.get(key) in (None, ""):
                 data[key] = value
         return data
+
+    @property
+    def data_root_paths(self) -> list[Path]:
+        return [Path(r.strip()).expanduser().resolve() for r in self.data_roots.split(",") if r.strip()]
 
     @property
     def queues(self) -> list[str]:

@@ -12,6 +12,7 @@ import binascii
 import json
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -98,6 +99,26 @@ def _resolve_files(session: Session, user: User, resolved: dict[str, Any]) -> di
     return resolved
 
 
+def _check_data_paths(spec: Any, settings: Settings) -> None:
+    """With `data_roots` set, a `dataset.path` must lie inside one of them (uploads are always allowed)."""
+    roots = settings.data_root_paths
+    if not roots:
+        return
+    for key in ("dataset", "eval_dataset"):
+        ds = getattr(spec, key)
+        if ds is None or not ds.path:
+            continue
+        path = Path(ds.path).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            raise ApiError(
+                422,
+                "path_not_allowed",
+                f"{key}.path {ds.path!r} is outside the folders this platform reads datasets from",
+                param=f"{key}.path",
+                remediation=f"upload the file (POST /v1/files) or place it under one of: {[str(r) for r in roots]}",
+            )
+
+
 def submit_job(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Job:
     """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job."""
     preset = None
@@ -115,6 +136,7 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
         raise ApiError(
             422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
+    _check_data_paths(spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
     job = Job(
         owner_id=user.id,

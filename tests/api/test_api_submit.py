@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 import api.services.jobs
 import engine.presets
+from api.main import create_app
 from core.models import Job, JobTransition
 from engine.presets import Preset
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS
@@ -250,3 +251,17 @@ def test_valid_options_the_engine_cannot_honour_are_refused(client, alice, sent,
     error = _error(client.post("/v1/jobs", json=body, headers=alice))
     assert (error["code"], error["param"]) == ("option_not_available", param)
     assert sent == []
+
+
+def test_dataset_paths_outside_the_data_roots_are_refused(settings, sent, tokens, tmp_path) -> None:
+    allowed = tmp_path / "datasets"
+    allowed.mkdir()
+    app = create_app(settings.model_copy(update={"data_roots": str(allowed)}))
+    headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    body = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"path": "/etc/passwd"}}
+    with TestClient(app) as client:
+        error = _error(client.post("/v1/jobs", json=body, headers=headers))
+        assert (error["code"], error["param"]) == ("path_not_allowed", "dataset.path")
+        inside = {**body, "dataset": {"path": str(allowed / "train.jsonl")}}
+        assert client.post("/v1/jobs", json=inside, headers=headers).status_code == 201
+    assert len(sent) == 1
