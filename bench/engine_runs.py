@@ -75,7 +75,7 @@ def run(name: str, model: str) -> dict:
         "steps": steps,
         "wall_s": round(wall, 1),
         "s_per_step": round(train_time / max(1, steps - 1), 3),
-        "tokens_per_s": round(tokens / wall),
+        "tokens_per_s": round(tokens / wall) if tokens else None,
     }
 
 
