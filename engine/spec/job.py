@@ -229,6 +229,17 @@ def unsupported(spec: Any) -> SpecError | None:
             "multi-process and DeepSpeed ZeRO training are not available yet; "
             "remove 'distributed' to train on one device",
         )
+    if spec.algorithm in ONLINE_ALGORITHMS:
+        cfg = spec.config
+        completions = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
+        if completions % cfg.num_generations:
+            return SpecError(
+                "config.per_device_train_batch_size",
+                f"per_device_train_batch_size x steps_per_generation = {completions} completions per generation "
+                f"is not a multiple of num_generations={cfg.num_generations}; a job runs on one device, so raise "
+                f"per_device_train_batch_size to a multiple of {cfg.num_generations} (multi-device recipes "
+                "spread a group over devices)",
+            )
     if spec.algorithm in ONLINE_ALGORITHMS and spec.eval_dataset is not None:
         return SpecError(
             "eval_dataset", f"evaluation is not available for {spec.algorithm!r} yet; remove eval_dataset"

@@ -168,3 +168,13 @@ def test_unsupported_names_what_the_engine_cannot_do_yet():
     )
     assert unsupported(spec).field == "distributed"
     assert unsupported(parse_job_spec({**BASE, "algorithm": "papo"})).field == "algorithm"
+
+
+def test_groups_must_fit_a_generation_on_one_device():
+    from engine.spec import unsupported
+
+    # The Dr. GRPO entry (batch 1 per device, 8 generations) assumes 8 devices: valid, but not on one.
+    spec = parse_job_spec(grpo(loss_type="dr_grpo", per_device_train_batch_size=1, num_generations=8))
+    problem = unsupported(spec)
+    assert problem.field == "config.per_device_train_batch_size" and "multiple of 8" in str(problem)
+    assert unsupported(parse_job_spec(grpo(per_device_train_batch_size=8, num_generations=8))) is None
