@@ -121,6 +121,8 @@ function describe(ev) {
     case "progress": return `step ${ev.step}/${d.total_steps ?? "?"}`;
     case "metrics": return Object.entries(d.metrics || {}).map(([k, v]) => `${k}=${Number(v).toPrecision(4)}`).join("  ");
     case "checkpoint": return `checkpoint ${d.path}`;
+    case "samples": return (d.samples || []).map((x) =>
+      `\n  ${JSON.stringify(x.prompt)} -> ${JSON.stringify(x.completion)}${x.reward != null ? `  [reward ${x.reward}]` : ""}`).join("");
     case "error": return d.message || JSON.stringify(d);
     default: return JSON.stringify(d);
   }
