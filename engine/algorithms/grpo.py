@@ -564,7 +564,7 @@ class GRPOTrainer:
                     optimizer,
                     scheduler,
                     data_position=self.sampler.position,
-                    algorithm_state=dataclasses.asdict(self.state),
+                    algorithm_state=self._algorithm_state(),
                     scaler=scaler,
                 )
                 ctx.events.checkpoint(step, str(path))
@@ -595,6 +595,12 @@ class GRPOTrainer:
                 for p_ref, p in zip(self.reference.model.parameters(), self.model.parameters(), strict=True):
                     p_ref.mul_(1 - alpha).add_(p.detach().to(p_ref.dtype), alpha=alpha)
 
+    def _algorithm_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = dataclasses.asdict(self.state)
+        if self.cfg.sync_ref_model and self.reference is not None:  # the reference has moved: keep it
+            state["reference"] = {k: v.detach().cpu() for k, v in self.reference.model.state_dict().items()}
+        return state
+
     def _resume(self, checkpointer: Checkpointer, optimizer: Any, scheduler: Any, scaler: Any) -> int:
         if not self.ctx.resume:
             return 0
@@ -611,6 +617,8 @@ class GRPOTrainer:
             self.sampler.restore(state["data_position"])
         saved = state.get("algorithm_state") or {}
         self.state = GRPOState(**{k: v for k, v in saved.items() if k in GRPOState.__dataclass_fields__})
+        if "reference" in saved and self.reference is not None:
+            self.reference.model.load_state_dict(saved["reference"])
         self.weights_changed = True
         self.ctx.events.log(f"resumed from {latest} at step {state['step']}")
         return int(state["step"])

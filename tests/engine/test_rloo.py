@@ -282,6 +282,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, hash_reward):
     assert (resumed_dir / "final" / "config.json").exists()
 
 
+def test_resume_restores_a_reference_moved_by_sync_ref_model(tmp_path, hash_reward):
+    spec = job(
+        {
+            "beta": 0.5,
+            "max_steps": 6,
+            "save_steps": 3,
+            "save_total_limit": None,
+            "learning_rate": 1e-2,
+            "sync_ref_model": True,
+            "ref_model_sync_steps": 1,
+            "ref_model_mixup_alpha": 0.5,
+        },
+        reward_funcs=hash_reward,
+    )
+    _, _, metrics = _resume_matches(tmp_path, spec)
+    assert metrics[6]["policy/kl"] != metrics[4]["policy/kl"]
+
+
 # ----------------------------------------------------------------------------------------------- learning
 
 STEPS = 50  # ~5-12 s on 2 cores; the last 10 steps average 0.2-0.35 over seeds 1-6
