@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1, description="largest accepted dataset upload"
     )
+    mlflow_log_checkpoints: bool = Field(
+        default=True,
+        description="copy every checkpoint into MLflow's artifact store (the final model is always copied); "
+        "turn off for large models",
+    )
     data_roots: str = Field(
         default="",
         description="comma-separated folders a job's dataset.path may point into; empty: any path "

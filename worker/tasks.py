@@ -192,6 +192,7 @@ def _make_tracker(settings: Any, claimed: dict[str, Any]) -> MlflowTracker | Non
                 "papertrain.attempt": str(claimed["attempt"]),
             },
             run_id=claimed["mlflow_run_id"],
+            log_checkpoints=settings.mlflow_log_checkpoints,
         ).start()
     except Exception:
         log.exception("could not set up MLflow tracking; the job runs without it")

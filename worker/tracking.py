@@ -65,6 +65,7 @@ class MlflowTracker:
         experiment: str = EXPERIMENT_NAME,
         flush_interval_s: float = 2.0,
         max_backoff_s: float = 60.0,
+        log_checkpoints: bool = True,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root)
@@ -75,6 +76,7 @@ class MlflowTracker:
         self.experiment = experiment
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
+        self.log_checkpoints = log_checkpoints  # False: only the final model is copied to MLflow
         self.warnings: list[str] = []
         self._run_id = run_id
         self._resumed = run_id is not None
@@ -153,7 +155,7 @@ class MlflowTracker:
         elif type_ == "samples":
             payload = {"step": step, "samples": event.get("samples") or []}
             self._artifacts.append(("dict", payload, f"samples/step_{step:06d}.json"))
-        elif type_ == "checkpoint" and event.get("path"):
+        elif type_ == "checkpoint" and event.get("path") and self.log_checkpoints:
             self._artifacts.append(("dir", str(event["path"]), f"checkpoints/{Path(event['path']).name}"))
         elif type_ == "done" and event.get("final_path"):
             self._artifacts.append(("dir", str(event["final_path"]), "model"))

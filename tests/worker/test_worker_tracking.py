@@ -12,7 +12,7 @@ from worker_testkit import add_job, get_job, wait_for
 from core.models import Job
 from core.states import JobStatus
 from worker.tasks import execute_job
-from worker.tracking import MAX_PARAM_VALUE_CHARS, flatten_params
+from worker.tracking import MAX_PARAM_VALUE_CHARS, MlflowTracker, flatten_params
 
 
 def test_flatten_params_writes_nested_keys_with_dots_and_json_values():
@@ -102,3 +102,12 @@ def test_a_resumed_job_logs_into_the_same_mlflow_run(settings, factory):
     assert run.data.params["name"] == "fake:hang"  # MLflow keeps the first attempt's params
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert sorted(m.step for m in client.get_metric_history(job.mlflow_run_id, "train/loss")) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("log_checkpoints", [True, False])
+def test_checkpoint_copies_can_be_turned_off_but_the_final_model_is_kept(tmp_path, log_checkpoints):
+    tracker = MlflowTracker("sqlite:///unused.db", tmp_path, job_id="job_x", log_checkpoints=log_checkpoints)
+    tracker._accept({"type": "checkpoint", "step": 2, "path": str(tmp_path / "checkpoint-2")})
+    tracker._accept({"type": "done", "step": 3, "final_path": str(tmp_path / "final")})
+    destinations = [dest for _, _, dest in tracker._artifacts]
+    assert destinations == (["checkpoints/checkpoint-2", "model"] if log_checkpoints else ["model"])
