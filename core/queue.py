@@ -7,8 +7,9 @@
 
 A rolled-back (or closed-without-commit) transaction sends nothing, so a worker never sees a job id
 the database does not have. The message carries the job id only; the worker re-reads everything else.
-This module does not retry a failed send: the job stays `queued` in the database and the failure is
-logged (the task is idempotent, so sending the same id again later is always safe).
+This module does not retry a failed send: the job stays `queued` in the database, the failure is logged,
+and the workers' reaper sends it again later (`worker.reaper.resend_waiting_jobs`; the task is idempotent,
+so a second message for the same id is always safe).
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5, gt=0)
     heartbeat_timeout_s: float = Field(default=120, gt=0)
     cancel_grace_s: float = Field(default=5, ge=0)
+    resend_queued_after_s: float = Field(
+        default=600,
+        ge=0,
+        description="send a job again when it has waited this long in `queued` (a lost message); 0: never",
+    )
     worker_queues: str = "cpu"
     engine_python: str = sys.executable
     embedded: bool = True

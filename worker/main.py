@@ -58,7 +58,11 @@ def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, logl
     reaper = threading.Thread(
         target=run_reaper,
         args=(tasks.session_factory_for(settings.database_url),),
-        kwargs={"heartbeat_timeout_s": float(settings.heartbeat_timeout_s), "stop": stop_reaper},
+        kwargs={
+            "heartbeat_timeout_s": float(settings.heartbeat_timeout_s),
+            "resend_after_s": float(settings.resend_queued_after_s),
+            "stop": stop_reaper,
+        },
         name="reaper",
         daemon=True,
     )

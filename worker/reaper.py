@@ -8,6 +8,11 @@ up runs it as attempt + 1 (every claim counts one) and passes `--resume` because
 `last_checkpoint`. When `attempt` has reached `max_attempts` it is `failed` (category `infra`). A job
 stuck in `cancelling` without a live worker is simply `cancelled`: there is no process left to stop.
 
+`resend_waiting_jobs` covers the other way a job can be stranded: its message was lost (the broker did
+not answer when the submitting transaction committed). A job `queued` for longer than `resend_after_s`
+since it was queued or last sent is sent again; a duplicate is harmless because the task leaves every job
+that is no longer `queued` alone.
+
 Every worker process runs this on a timer (worker/main.py); concurrent reapers are safe because each
 job is re-checked under its row lock before it is changed. This module does not kill processes.
 """
@@ -102,17 +107,48 @@ def _reap_one(
     return JobStatus.failed.value
 
 
+def resend_waiting_jobs(
+    session_factory: Callable[[], Session],
+    *,
+    resend_after_s: float,
+    now: datetime | None = None,
+    sender: Sender | None = None,
+) -> list[str]:
+    """Send again every job `queued` for more than `resend_after_s`; returns their ids."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=resend_after_s)
+    with session_factory() as session:
+        waiting = session.scalars(
+            select(Job.id).where(Job.status == JobStatus.queued, Job.updated_at < cutoff)
+        ).all()
+    resent: list[str] = []
+    for job_id in waiting:
+        with session_factory() as session, session.begin():
+            job = lock_job(session, job_id)
+            if job.status != JobStatus.queued or job.updated_at >= cutoff:
+                continue  # claimed, cancelled or re-sent by another worker meanwhile
+            job.updated_at = now  # the clock for the next re-send starts now
+            enqueue_job(session, job, sender=sender)
+        log.info("job %s: queued for more than %.0fs; sent again", job_id, resend_after_s)
+        resent.append(job_id)
+    return resent
+
+
 def run_reaper(
     session_factory: Callable[[], Session],
     *,
     heartbeat_timeout_s: float,
     stop: threading.Event,
+    resend_after_s: float | None = None,
     interval_s: float | None = None,
 ) -> None:
-    """Reap every `interval_s` (default: a quarter of the timeout, at most 30 s) until `stop` is set."""
+    """Reap (and re-send waiting jobs) every `interval_s` (default: a quarter of the timeout, at most 30 s)
+    until `stop` is set."""
     interval = interval_s or min(30.0, max(1.0, heartbeat_timeout_s / 4))
     while not stop.wait(interval):
         try:
             reap_stale_jobs(session_factory, heartbeat_timeout_s=heartbeat_timeout_s)
+            if resend_after_s:
+                resend_waiting_jobs(session_factory, resend_after_s=resend_after_s)
         except Exception:
             log.exception("reaper pass failed; trying again in %.0fs", interval)

@@ -8,7 +8,7 @@ from worker_testkit import add_job, get_job
 
 from core.models import Job, utcnow
 from core.states import JobStatus, transition
-from worker.reaper import reap_stale_jobs
+from worker.reaper import reap_stale_jobs, resend_waiting_jobs
 
 TIMEOUT_S = 120
 
@@ -102,3 +102,25 @@ def test_queued_and_finished_jobs_are_never_touched(settings, factory):
         session.get(Job, queued).updated_at = utcnow() - timedelta(days=1)
 
     assert reap_stale_jobs(factory, heartbeat_timeout_s=TIMEOUT_S, sender=lambda *a: None) == []
+
+
+RESEND_S = 600
+
+
+def test_a_job_waiting_too_long_in_queued_is_sent_again_once_per_period(settings, factory):
+    waiting, running = add_job(factory), add_job(factory)
+    start(factory, running, attempt=1, heartbeat_age_s=0)
+    sent = []
+    later = utcnow() + timedelta(seconds=RESEND_S + 1)
+
+    assert resend_waiting_jobs(factory, resend_after_s=RESEND_S, sender=lambda *a: sent.append(a)) == []
+    resent = resend_waiting_jobs(
+        factory, resend_after_s=RESEND_S, now=later, sender=lambda *a: sent.append(a)
+    )
+    assert resent == [waiting] and sent == [(waiting, "cpu")]
+    # the clock restarted at the re-send: the next pass in the same period sends nothing more
+    assert (
+        resend_waiting_jobs(factory, resend_after_s=RESEND_S, now=later, sender=lambda *a: sent.append(a))
+        == []
+    )
+    assert get_job(factory, waiting).status == JobStatus.queued
