@@ -73,3 +73,21 @@ def run_subprocess(
 
 def metrics_by_step(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     return {e["step"]: e["metrics"] for e in events if e["type"] == "metrics"}
+
+
+def run_cli_checked(spec: dict[str, Any], out: Path) -> list[dict[str, float]]:
+    """Run a 3-step job (save_steps=2) through `python -m engine.train` and check what every algorithm's
+    stream must show: exit 0, a valid event stream ending in `done`, checkpoints at steps 2 and 3 with their
+    trainer state. Returns the three steps' metrics."""
+    from tests.engine.test_train_cli import _check_stream
+
+    code, events, stderr = run_subprocess(spec, out)
+    assert code == 0, stderr[-3000:]
+    _check_stream(events)
+    types = [e["type"] for e in events]
+    assert types[-1] == "done" and "error" not in types
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
+    assert (out / "checkpoints" / "checkpoint-3" / "trainer_state.pt").exists()
+    metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
+    assert len(metrics) == 3
+    return metrics

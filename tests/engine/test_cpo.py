@@ -7,9 +7,8 @@ import statistics
 import pytest
 
 from engine.losses import registry_names
-from tests.engine.conftest import metrics_by_step, run_inprocess, run_subprocess, tiny_spec
+from tests.engine.conftest import metrics_by_step, run_cli_checked, run_inprocess, tiny_spec
 from tests.engine.test_resume import _resume_matches
-from tests.engine.test_train_cli import _check_stream
 
 BETA = 0.1
 
@@ -31,16 +30,8 @@ def _run(tmp_path, peft_config=None, zero_grad_ok=False, **config):
 @pytest.mark.slow
 def test_cpo_cli_run_emits_a_valid_stream_and_checkpoints(tmp_path):
     spec = tiny_spec("cpo", "preferences", max_steps=3, save_steps=2, learning_rate=1e-3)
-    code, events, stderr = run_subprocess(spec, tmp_path)
-    assert code == 0, stderr[-3000:]
-    _check_stream(events)
-    types = [e["type"] for e in events]
-    assert types[-1] == "done" and "error" not in types
-    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
-    assert (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.pt").exists()
+    metrics = run_cli_checked(spec, tmp_path)
     assert (tmp_path / "final" / "config.json").exists()
-    metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
-    assert len(metrics) == 3
     for m in metrics:
         assert {"train/loss", "cpo/loss", "cpo/nll_loss", "rewards/accuracies", "rewards/margins"} <= set(m)
         assert {"rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"} <= set(m)

@@ -9,9 +9,8 @@ import pytest
 
 from engine.data.unpaired import assign_kl_completions, collate_unpaired, tokenize_unpaired
 from engine.losses import registry_names
-from tests.engine.conftest import metrics_by_step, run_inprocess, run_subprocess, tiny_spec
+from tests.engine.conftest import metrics_by_step, run_cli_checked, run_inprocess, tiny_spec
 from tests.engine.test_resume import _resume_matches
-from tests.engine.test_train_cli import _check_stream
 
 
 def _run(tmp_path, builtin="unpaired", peft_config=None, **config):
@@ -30,16 +29,8 @@ def _run(tmp_path, builtin="unpaired", peft_config=None, **config):
 @pytest.mark.slow
 def test_kto_cli_run_emits_a_valid_stream_and_checkpoints(tmp_path):
     spec = tiny_spec("kto", "unpaired", max_steps=3, save_steps=2, learning_rate=1e-3)
-    code, events, stderr = run_subprocess(spec, tmp_path)
-    assert code == 0, stderr[-3000:]
-    _check_stream(events)
-    types = [e["type"] for e in events]
-    assert types[-1] == "done" and "error" not in types
-    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
-    assert (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.pt").exists()
+    metrics = run_cli_checked(spec, tmp_path)
     assert (tmp_path / "final" / "config.json").exists()
-    metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
-    assert len(metrics) == 3
     for m in metrics:
         assert {"train/loss", "kto/kl", "kto/loss", "rewards/chosen", "rewards/rejected"} <= set(m)
         assert {"rewards/margins", "logps/chosen", "logps/rejected"} <= set(m)

@@ -10,9 +10,8 @@ import torch
 
 from engine.algorithms.reward import build_tiny_classifier
 from engine.data.reward_pairs import collate_reward_pairs, tokenize_reward_pairs
-from tests.engine.conftest import metrics_by_step, run_inprocess, run_subprocess, tiny_spec
+from tests.engine.conftest import metrics_by_step, run_cli_checked, run_inprocess, tiny_spec
 from tests.engine.test_resume import _resume_matches
-from tests.engine.test_train_cli import _check_stream
 
 
 def _run(tmp_path, dataset=None, peft_config=None, **config):
@@ -59,15 +58,7 @@ def test_tiny_classifier_scores_the_last_real_token_whatever_the_padding(tiny_to
 @pytest.mark.slow
 def test_reward_cli_run_emits_a_valid_stream_and_saves_a_classifier(tmp_path):
     spec = tiny_spec("reward", "preferences", max_steps=3, save_steps=2, learning_rate=1e-3)
-    code, events, stderr = run_subprocess(spec, tmp_path)
-    assert code == 0, stderr[-3000:]
-    _check_stream(events)
-    types = [e["type"] for e in events]
-    assert types[-1] == "done" and "error" not in types
-    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
-    assert (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.pt").exists()
-    metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
-    assert len(metrics) == 3
+    metrics = run_cli_checked(spec, tmp_path)
     for m in metrics:
         assert {"train/loss", "reward/accuracy", "reward/margin", "reward/mean_reward", "reward/loss"} <= set(
             m
