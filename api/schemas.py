@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.states import JobStatus
+from engine.spec.estimate import Estimate
+from engine.spec.warnings import SpecWarning
 
 
 class _Out(BaseModel):
@@ -116,3 +118,24 @@ class PresetList(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+
+
+class PresetRef(BaseModel):
+    id: str
+    version: int
+
+
+class PresetChange(BaseModel):
+    param: str = Field(description="dotted path of the key the request sets")
+    preset_value: Any = Field(description="the preset's value (null: the preset leaves it at its default)")
+    value: Any = Field(description="the request's value")
+
+
+class DryRun(BaseModel):
+    """What `POST /v1/jobs` would store for the same body; nothing is stored."""
+
+    spec: dict[str, Any] = Field(description="the resolved spec: every default written out")
+    preset: PresetRef | None
+    preset_diff: list[PresetChange]
+    warnings: list[SpecWarning]
+    estimate: Estimate

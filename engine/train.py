@@ -60,6 +60,10 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         problem = unsupported(spec)
         if problem is not None:
             raise ValueError(str(problem))
+        from engine.spec.warnings import spec_warnings
+
+        for warning in spec_warnings(spec):  # the same warnings the dry run shows
+            events.log(f"{warning.param}: {warning.message}" if warning.param else warning.message, "warning")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         cache = os.environ.get("PAPERTRAIN_MODEL_CACHE")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ErrorBody
-from api.schemas import CheckpointList, EventPage, JobDetail, JobList, JobSummary, MetricsOut
+from api.schemas import CheckpointList, DryRun, EventPage, JobDetail, JobList, JobSummary, MetricsOut
 from api.services import jobs as service
 
 router = APIRouter(
@@ -46,6 +46,17 @@ def create_job(
 ) -> Any:
     """Submit a job: a full spec, or `{"preset": id, ...}` whose `config` overrides the preset's."""
     return service.submit_job(session, user, body, settings)
+
+
+@router.post(":validate", response_model=DryRun, operation_id="validate_job")
+def validate_job(
+    session: SessionDep,
+    user: PrincipalDep,
+    settings: SettingsDep,
+    body: Annotated[dict[str, Any], Body(openapi_examples=SPEC_EXAMPLES)],
+) -> Any:
+    """Dry run: the resolved spec, the preset diff, warnings and a size estimate; no job is created."""
+    return service.dry_run(session, user, body, settings)
 
 
 @router.get("", response_model=JobList, operation_id="list_jobs")

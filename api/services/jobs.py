@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,17 @@ def _check_data_paths(spec: Any, settings: Settings) -> None:
             )
 
 
-def submit_job(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Job:
-    """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job."""
+@dataclass
+class Submission:
+    """A request checked and resolved exactly as a submission is, before anything is stored."""
+
+    spec: Any
+    preset: Any | None
+    resolved: dict[str, Any]
+
+
+def resolve_submission(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Submission:
+    """Validate a request (optionally over a preset) and resolve it; raises the 422s a submission gets."""
     preset = None
     raw = body
     if "preset" in body:
@@ -138,6 +148,13 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
         )
     _check_data_paths(spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
+    return Submission(spec=spec, preset=preset, resolved=resolved)
+
+
+def submit_job(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Job:
+    """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job."""
+    sub = resolve_submission(session, user, body, settings)
+    spec, preset = sub.spec, sub.preset
     job = Job(
         owner_id=user.id,
         name=spec.name or (preset.id if preset else None),
@@ -147,7 +164,7 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
         spec_submitted=body,
         preset_id=preset.id if preset else None,
         preset_version=preset.version if preset else None,
-        spec_resolved=resolved,
+        spec_resolved=sub.resolved,
     )
     session.add(job)
     session.flush()  # assigns the id
@@ -156,6 +173,24 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
     enqueue(session, job)
     session.commit()
     return job
+
+
+def dry_run(session: Session, user: User, body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What a submission of `body` would store and run, with warnings and a size estimate; stores nothing."""
+    from engine.presets import preset_diff
+    from engine.spec.estimate import estimate_job
+    from engine.spec.warnings import spec_warnings
+
+    sub = resolve_submission(session, user, body, settings)
+    file_id = sub.spec.dataset.file_id
+    upload = session.get(UploadedFile, file_id) if file_id else None
+    return {
+        "spec": sub.resolved,
+        "preset": {"id": sub.preset.id, "version": sub.preset.version} if sub.preset else None,
+        "preset_diff": preset_diff(sub.preset, body) if sub.preset else [],
+        "warnings": spec_warnings(sub.spec),
+        "estimate": estimate_job(sub.spec, rows=upload.rows if upload else None),
+    }
 
 
 # --- reading ---------------------------------------------------------------------------------------

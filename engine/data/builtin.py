@@ -17,8 +17,7 @@ import random
 from collections.abc import Callable
 
 from engine.data.arithmetic import arithmetic_rows
-
-DEFAULT_NUM_ROWS = 1000
+from engine.spec.base import BUILTIN_DEFAULT_ROWS as DEFAULT_NUM_ROWS
 
 WORDS = [
     "cat",

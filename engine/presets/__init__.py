@@ -87,3 +87,25 @@ def apply_preset(preset: Preset, request: dict[str, Any]) -> dict[str, Any]:
     spec["algorithm"] = preset.algorithm
     spec["config"] = config
     return spec
+
+
+def preset_diff(preset: Preset, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a request changes relative to its preset: `[{param, preset_value, value}]`, sorted by param.
+
+    Every `config` key the request sets to another value than the preset's (`preset_value` None where the
+    preset leaves the key at its default), and every job-level key the preset fixes (`reward_funcs`,
+    `peft_config`, ...) that the request replaces. Keys the preset does not fix at job level (model,
+    dataset) are the request's own and are not listed.
+    """
+    diff = []
+    overrides = request.get("config") or {}
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            if key not in preset.config or preset.config[key] != value:
+                diff.append(
+                    {"param": f"config.{key}", "preset_value": preset.config.get(key), "value": value}
+                )
+    for key, value in preset.job.items():
+        if key in request and request[key] != value:
+            diff.append({"param": key, "preset_value": value, "value": request[key]})
+    return sorted(diff, key=lambda d: d["param"])

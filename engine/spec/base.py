@@ -27,6 +27,7 @@ BUILTIN_DATASET_ALGORITHMS = {
     "unpaired": {"kto", "bco"},
 }
 BUILTIN_DATASETS = set(BUILTIN_DATASET_ALGORITHMS)
+BUILTIN_DEFAULT_ROWS = 1000  # rows a built-in set generates when `num_rows` is not given
 
 
 def check_model_ref(value: str) -> str:

@@ -56,6 +56,7 @@ def test_operation_ids_are_stable(app) -> None:
     ids = {op["operationId"] for path in app.openapi()["paths"].values() for op in path.values()}
     assert ids == {
         "create_job",
+        "validate_job",
         "list_jobs",
         "get_job",
         "cancel_job",

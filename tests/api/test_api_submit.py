@@ -265,3 +265,58 @@ def test_dataset_paths_outside_the_data_roots_are_refused(settings, sent, tokens
         inside = {**body, "dataset": {"path": str(allowed / "train.jsonl")}}
         assert client.post("/v1/jobs", json=inside, headers=headers).status_code == 201
     assert len(sent) == 1
+
+
+def test_dry_run_resolves_like_a_submission_and_stores_nothing(client, alice, db, sent) -> None:
+    body = {
+        "preset": "dapo",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "arithmetic", "num_rows": 16},
+        "config": {
+            "per_device_train_batch_size": 8,
+            "num_generations": 4,
+            "max_completion_length": 1,
+            "max_steps": 2,
+        },
+    }
+    res = client.post("/v1/jobs:validate", json=body, headers=alice)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    stored = client.post("/v1/jobs", json=body, headers=alice).json()
+    assert out["spec"] == stored["spec_resolved"]
+    assert out["preset"] == {"id": "dapo", "version": stored["preset_version"]}
+    preset = engine.presets.get_preset("dapo")
+    changed = {d["param"]: (d["preset_value"], d["value"]) for d in out["preset_diff"]}
+    assert changed["config.max_steps"] == (preset.config.get("max_steps"), 2)
+    assert changed["config.num_generations"] == (preset.config.get("num_generations"), 4)
+    assert "model" not in changed
+    assert any(w["code"] == "completions_truncated" for w in out["warnings"])
+    assert out["estimate"]["steps"] == 2 and out["estimate"]["steps_exact"] is True
+    with db() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1  # only the real submission
+    assert len(sent) == 1
+
+
+def test_dry_run_errors_are_the_submission_422(client, alice) -> None:
+    body = {**SFT_SPEC, "config": {"max_steps": 3, "learnin_rate": 1e-3}}
+    error = _error(client.post("/v1/jobs:validate", json=body, headers=alice))
+    assert error["param"] == "config.learnin_rate" and "learning_rate" in error["message"]
+    error = _error(
+        client.post("/v1/jobs:validate", json={**SFT_SPEC, "dataset": {"file_id": "file_x"}}, headers=alice)
+    )
+    assert error["param"] == "dataset.file_id"
+
+
+def test_dry_run_counts_an_uploaded_files_rows(client, alice) -> None:
+    data = b"".join(
+        b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        for _ in range(30)
+    )
+    file_id = client.post("/v1/files", files={"file": ("d.jsonl", data)}, headers=alice).json()["id"]
+    body = {
+        **SFT_SPEC,
+        "dataset": {"file_id": file_id},
+        "config": {"num_train_epochs": 1, "per_device_train_batch_size": 10},
+    }
+    est = client.post("/v1/jobs:validate", json=body, headers=alice).json()["estimate"]
+    assert (est["rows"], est["steps"], est["steps_exact"]) == (30, 3, False)

@@ -81,6 +81,14 @@ def test_engine_refuses_options_it_cannot_honour(tmp_path):
     assert events[-1]["type"] == "error" and "distributed" in events[-1]["message"]
 
 
+def test_spec_warnings_are_logged_at_start(tmp_path):
+    spec = tiny_spec("sft", "chat", max_steps=1, warmup_steps=1)
+    code, events = run_inprocess(spec, tmp_path)
+    assert code == 0
+    warnings = [e for e in events if e["type"] == "log" and e["level"] == "warning"]
+    assert [w["message"].split(":")[0] for w in warnings] == ["config.warmup_steps"]
+
+
 def test_dataset_error_names_the_row(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": 5}\n')

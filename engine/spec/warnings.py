@@ -1,0 +1,98 @@
+"""Warnings about a valid spec that will probably not train the way its author expects. Torch-free.
+
+    for w in spec_warnings(parse_job_spec(body)):
+        print(w.code, w.param, w.message)
+
+A warning never refuses a job (refusals live in `engine.spec.job.unsupported`); the dry run
+(`POST /v1/jobs:validate`) returns them and the engine logs them when a job starts. Each rule is a small
+function of the parsed spec registered in `RULES`; add a rule by appending a function there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.spec.job import ONLINE_ALGORITHMS
+
+
+class SpecWarning(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: str = Field(description="stable identifier of the rule, e.g. `completions_truncated`")
+    message: str = Field(description="what will happen and what to change")
+    param: str | None = Field(None, description="dotted path of the field to look at")
+
+
+# The shortest text that earns each rule-based reward its full score on the built-in `arithmetic` set
+# (answers are whole numbers of at least one digit; "0" is the shortest).
+_SHORTEST_REWARDED = {
+    "accuracy": "0",
+    "format": "<think></think><answer>0</answer>",
+    "think_format": "<think></think>0",
+}
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def _min_tokens(text: str, model: str) -> tuple[int, str]:
+    """A lower bound on the tokens `text` plus the end-of-sequence token takes, and how it was counted.
+
+    `tiny:` models use one token per character (exact). For any other tokenizer each tag is at least one
+    token and every other character may merge with its neighbours, so only the tags, one token for the
+    rest and the end token are counted."""
+    if model.startswith("tiny:"):
+        return len(text) + 1, "with the character tokenizer of " + model
+    rest = text
+    tags = 0
+    for tag in _TAGS:
+        tags += rest.count(tag)
+        rest = rest.replace(tag, "")
+    return tags + (1 if rest else 0) + 1, "at least, with any tokenizer"
+
+
+def _completions_truncated(spec: Any) -> Iterator[SpecWarning]:
+    if spec.algorithm not in ONLINE_ALGORITHMS or spec.dataset.builtin != "arithmetic":
+        return
+    limit = spec.config.max_completion_length
+    names = [r.name for r in spec.reward_funcs if r.name in _SHORTEST_REWARDED]
+    if not names:
+        return
+    text = max((_SHORTEST_REWARDED[n] for n in names), key=len)
+    need, how = _min_tokens(text, spec.model)
+    if limit < need:
+        yield SpecWarning(
+            code="completions_truncated",
+            message=(
+                f"all completions will be truncated at max_completion_length={limit}: the shortest completion "
+                f"that earns the full {'/'.join(names)} reward on the built-in arithmetic set ({text!r} and "
+                f"the end token) needs {need} tokens ({how}); raise config.max_completion_length to at "
+                f"least {need}"
+            ),
+            param="config.max_completion_length",
+        )
+
+
+def _warmup_covers_training(spec: Any) -> Iterator[SpecWarning]:
+    cfg = spec.config
+    if cfg.max_steps > 0 and cfg.warmup_steps >= cfg.max_steps and cfg.lr_scheduler_type != "constant":
+        yield SpecWarning(
+            code="warmup_covers_training",
+            message=(
+                f"warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the learning rate never "
+                f"reaches learning_rate={cfg.learning_rate}; lower config.warmup_steps"
+            ),
+            param="config.warmup_steps",
+        )
+
+
+RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
+    _completions_truncated,
+    _warmup_covers_training,
+]
+
+
+def spec_warnings(spec: Any) -> list[SpecWarning]:
+    """Every warning the rules raise for a parsed job spec (`engine.spec.parse_job_spec`), in rule order."""
+    return [w for rule in RULES for w in rule(spec)]

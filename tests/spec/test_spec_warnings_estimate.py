@@ -1,0 +1,111 @@
+"""Spec warnings (valid specs that will not train as meant) and the size estimate of the dry run."""
+
+from __future__ import annotations
+
+from engine.spec import parse_job_spec
+from engine.spec.estimate import estimate_job
+from engine.spec.warnings import spec_warnings
+
+ARITH = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+
+
+def _grpo(model: str = "tiny:llama", rewards=("accuracy",), **config):
+    cfg = {"per_device_train_batch_size": 8, "num_generations": 4, **config}
+    body = {**ARITH, "model": model, "reward_funcs": [{"name": r} for r in rewards], "config": cfg}
+    return parse_job_spec(body)
+
+
+def _codes(spec) -> list[str]:
+    return [w.code for w in spec_warnings(spec)]
+
+
+def test_truncation_counts_characters_for_the_tiny_model() -> None:
+    # "<think></think><answer>0</answer>" is 33 characters, plus the end token: 34 tokens at least.
+    assert _codes(_grpo(rewards=("format",), max_completion_length=33)) == ["completions_truncated"]
+    assert _codes(_grpo(rewards=("format",), max_completion_length=34)) == []
+    (w,) = spec_warnings(_grpo(rewards=("accuracy", "format"), max_completion_length=8))
+    assert w.param == "config.max_completion_length"
+    assert "all completions will be truncated at max_completion_length=8" in w.message
+    assert "34" in w.message
+
+
+def test_truncation_uses_a_tokenizer_free_lower_bound_for_other_models() -> None:
+    # Four tags (one token each at least), the digit and the end token: 6.
+    hub = "org/some-model"
+    assert _codes(_grpo(model=hub, rewards=("format",), max_completion_length=5)) == ["completions_truncated"]
+    assert _codes(_grpo(model=hub, rewards=("format",), max_completion_length=6)) == []
+    # accuracy alone: one digit and the end token.
+    assert _codes(_grpo(model=hub, max_completion_length=1)) == ["completions_truncated"]
+    assert _codes(_grpo(model=hub, max_completion_length=2)) == []
+
+
+def test_no_truncation_warning_without_a_known_answer_length() -> None:
+    spec = parse_job_spec(
+        {**ARITH, "reward_funcs": [{"name": "length"}], "config": {"max_completion_length": 1}}
+    )
+    assert "completions_truncated" not in _codes(spec)
+
+
+def test_warmup_longer_than_training_warns_unless_the_schedule_is_constant() -> None:
+    sft = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"builtin": "chat"}}
+    spec = parse_job_spec({**sft, "config": {"max_steps": 3, "warmup_steps": 3}})
+    assert [(w.code, w.param) for w in spec_warnings(spec)] == [
+        ("warmup_covers_training", "config.warmup_steps")
+    ]
+    spec = parse_job_spec(
+        {**sft, "config": {"max_steps": 3, "warmup_steps": 3, "lr_scheduler_type": "constant"}}
+    )
+    assert spec_warnings(spec) == []
+
+
+def test_estimate_with_max_steps_is_exact() -> None:
+    spec = parse_job_spec(
+        {
+            "algorithm": "sft",
+            "model": "tiny:llama",
+            "dataset": {"builtin": "chat", "num_rows": 40},
+            "config": {
+                "max_steps": 5,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                "max_length": 100,
+            },
+        }
+    )
+    est = estimate_job(spec)
+    assert (est.steps, est.steps_exact, est.rows, est.sequences_per_step) == (5, True, 40, 8)
+    assert est.max_tokens == 5 * 8 * 100
+
+
+def test_estimate_derives_steps_from_epochs_and_rows() -> None:
+    # DPO: 50 rows / batch 4 -> 13 micro-batches per epoch, 2 epochs / accumulation 2 -> 13 steps;
+    # each step trains 4 x 2 pairs x 2 sequences.
+    spec = parse_job_spec(
+        {
+            "algorithm": "dpo",
+            "model": "tiny:llama",
+            "dataset": {"builtin": "preferences"},
+            "config": {
+                "num_train_epochs": 2,
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                "max_length": 64,
+            },
+        }
+    )
+    est = estimate_job(spec, rows=50)
+    assert (est.steps, est.steps_exact, est.rows, est.sequences_per_step) == (13, False, 50, 16)
+    assert est.max_tokens == 13 * 16 * 64
+
+
+def test_estimate_online_counts_prompts_per_generation() -> None:
+    # 8 completions per generation / 4 per group = 2 prompts; 10 prompts -> 5 generations of 1 micro-step.
+    spec = _grpo(max_completion_length=16, max_prompt_length=32, max_steps=-1, num_train_epochs=1)
+    est = estimate_job(spec, rows=10)
+    assert (est.steps, est.sequences_per_step, est.max_tokens) == (5, 8, 5 * 8 * 48)
+
+
+def test_estimate_without_a_row_count_has_no_steps() -> None:
+    spec = parse_job_spec({"algorithm": "sft", "model": "tiny:llama", "dataset": {"path": "/data/x.jsonl"}})
+    est = estimate_job(spec)
+    assert est.steps is None and est.max_tokens is None and "unknown" in est.basis
