@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
-from api.errors import ErrorBody
+from api.errors import ApiError, ErrorBody
 from api.schemas import CheckpointList, DryRun, EventPage, JobDetail, JobList, JobSummary, MetricsOut
 from api.services import jobs as service
+from api.services.stream import event_stream
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -120,6 +122,42 @@ def list_job_events(
         next_cursor=events[-1].id if events else after,
         has_more=has_more,
     )
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    operation_id="stream_job_events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "server-sent events: `id:` the event id, `event:` its kind, `data:` the event as "
+            "in GET /v1/jobs/{job_id}/events; `: heartbeat` comments while idle; ends at a terminal status",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def stream_job_events(
+    request: Request,
+    session: SessionDep,
+    user: PrincipalDep,
+    job_id: str,
+    after: Annotated[int, Query(ge=0, description="start after this event id (Last-Event-ID wins)")] = 0,
+    heartbeat_s: Annotated[float, Query(ge=0.5, le=300, description="seconds between heartbeats")] = 15.0,
+    last_event_id: Annotated[
+        str | None, Header(description="resume after this event id (sent by reconnecting clients)")
+    ] = None,
+) -> StreamingResponse:
+    """Live events: everything after the cursor, then each new event as it is written."""
+    service.get_job(session, user, job_id)
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise ApiError(
+                422, "invalid_request", "Last-Event-ID must be an event id (digits)", param="Last-Event-ID"
+            )
+        after = int(last_event_id)
+    stream = event_stream(request.app.state.engine, job_id, after, heartbeat_s, request.is_disconnected)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut, operation_id="get_job_metrics")

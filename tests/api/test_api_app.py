@@ -62,6 +62,7 @@ def test_operation_ids_are_stable(app) -> None:
         "cancel_job",
         "retry_job",
         "list_job_events",
+        "stream_job_events",
         "get_job_metrics",
         "list_job_checkpoints",
         "upload_file",
