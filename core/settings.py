@@ -63,8 +63,15 @@ class Settings(BaseSettings):
     )
     data_roots: str = Field(
         default="",
-        description="comma-separated folders a job's dataset.path may point into; empty: any path "
-        "(fine for one local user; set it on a shared deployment so jobs cannot read arbitrary worker files)",
+        description="comma-separated folders a job's dataset.path may point into; empty: no dataset.path "
+        "at all (jobs read built-in sets and their owner's uploads)",
+    )
+    http_reward_urls: str = Field(
+        default="",
+        description="comma-separated URL prefixes an `http` reward may call; empty: http rewards are off",
+    )
+    max_row_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="largest dataset row (one JSONL line) a job reads"
     )
 
     @model_validator(mode="before")
@@ -83,6 +90,20 @@ class Settings(BaseSettings):
     @property
     def data_root_paths(self) -> list[Path]:
         return [Path(r.strip()).expanduser().resolve() for r in self.data_roots.split(",") if r.strip()]
+
+    @property
+    def http_reward_url_list(self) -> list[str]:
+        return [u.strip() for u in self.http_reward_urls.split(",") if u.strip()]
+
+    def engine_env(self) -> dict[str, str]:
+        """What the engine needs to confine a job's reading (engine.train reads these)."""
+        return {
+            "PAPERTRAIN_DATA_ROOTS": ",".join(str(p) for p in self.data_root_paths),
+            "PAPERTRAIN_UPLOADS_DIR": str(Path(self.uploads_dir).resolve()),
+            "PAPERTRAIN_HTTP_REWARD_URLS": ",".join(self.http_reward_url_list),
+            "PAPERTRAIN_MAX_ROW_BYTES": str(self.max_row_bytes),
+            "PAPERTRAIN_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+        }
 
     @property
     def queues(self) -> list[str]:

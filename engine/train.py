@@ -9,7 +9,9 @@ before anything heavy is imported, and the event stream keeps a private duplicat
 Exit status: 0 after `done`; 1 after an `error` event; 143 after SIGTERM (the loop stops at the next
 micro-step boundary and saves nothing extra). Settings read from the environment here, and only here:
 `PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default
-`./var/uploads`).
+`./var/uploads`). When `PAPERTRAIN_DATA_ROOTS` is set (a worker always sets it, maybe empty) the job is
+confined: datasets only from uploads and those roots, `http` rewards only to `PAPERTRAIN_HTTP_REWARD_URLS`,
+rows and files at most `PAPERTRAIN_MAX_ROW_BYTES` / `PAPERTRAIN_MAX_UPLOAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def data_policy(env: Any) -> Any:
+    """The reading limits of this process, from the environment the worker sets."""
+    from engine.data.access import DataPolicy
+
+    def split(name: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+
+    defaults = DataPolicy()
+    return DataPolicy(
+        confined="PAPERTRAIN_DATA_ROOTS" in env,
+        roots=tuple(Path(p).expanduser().resolve() for p in split("PAPERTRAIN_DATA_ROOTS")),
+        uploads_dir=Path(env.get("PAPERTRAIN_UPLOADS_DIR", "var/uploads")).resolve(),
+        max_row_bytes=int(env.get("PAPERTRAIN_MAX_ROW_BYTES") or defaults.max_row_bytes),
+        max_file_bytes=int(env.get("PAPERTRAIN_MAX_UPLOAD_BYTES") or defaults.max_file_bytes),
+        http_reward_urls=split("PAPERTRAIN_HTTP_REWARD_URLS"),
+    )
+
+
 def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = None) -> int:
     """Parse the spec, build the context, dispatch to the algorithm. Returns the exit status.
 
@@ -53,13 +73,17 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
     stop = stop or threading.Event()
     ctx = None
     try:
+        from engine.data.access import check_dataset, set_policy
         from engine.spec import parse_job_spec, unsupported
 
+        set_policy(data_policy(os.environ))
         raw = json.loads(Path(args.spec).read_text(encoding="utf-8"))
         spec = parse_job_spec(raw)
         problem = unsupported(spec)
         if problem is not None:
             raise ValueError(str(problem))
+        check_dataset("dataset", spec.dataset)
+        check_dataset("eval_dataset", spec.eval_dataset)
         from engine.spec.warnings import spec_warnings
 
         for warning in spec_warnings(spec):  # the same warnings the dry run shows

@@ -256,6 +256,8 @@ class EngineRunner:
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONUNBUFFERED"] = "1"
+        if hasattr(self.settings, "engine_env"):
+            env.update(self.settings.engine_env())  # confine what the job reads
         # `-m engine.train` must resolve to this checkout whatever the working directory is.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         return env

@@ -13,6 +13,9 @@ from api.schemas import CheckpointList, DryRun, EventPage, JobDetail, JobList, J
 from api.services import jobs as service
 from api.services.stream import event_stream
 
+# Query integers stay within a signed 64-bit column: larger ones are a 422, not a database error.
+MAX_QUERY_INT = 2**63 - 1
+
 router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
@@ -68,7 +71,7 @@ def list_jobs(
     status: Annotated[str | None, Query(description="filter: one status or a comma-separated list")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_QUERY_INT)] = 0,
 ) -> Any:
     """Your jobs, newest first."""
     jobs, next_cursor = service.list_jobs(
@@ -110,7 +113,8 @@ def list_job_events(
     user: PrincipalDep,
     job_id: str,
     after: Annotated[
-        int, Query(ge=0, description="return events with id > after (the last next_cursor)")
+        int,
+        Query(ge=0, le=MAX_QUERY_INT, description="return events with id > after (the last next_cursor)"),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     kind: Annotated[str | None, Query(description="filter: comma-separated event kinds")] = None,

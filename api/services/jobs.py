@@ -25,6 +25,7 @@ from core.models import Job, JobEvent, UploadedFile, User, utcnow
 from core.settings import Settings
 from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
 from engine.spec import CONFIG_CLASSES, parse_job_spec, resolve, unsupported
+from engine.spec.base import SpecError
 
 JOB_LEVEL_FIELDS = [
     "algorithm",
@@ -100,24 +101,36 @@ def _resolve_files(session: Session, user: User, resolved: dict[str, Any]) -> di
     return resolved
 
 
-def _check_data_paths(spec: Any, settings: Settings) -> None:
-    """With `data_roots` set, a `dataset.path` must lie inside one of them (uploads are always allowed)."""
-    roots = settings.data_root_paths
-    if not roots:
-        return
-    for key in ("dataset", "eval_dataset"):
-        ds = getattr(spec, key)
-        if ds is None or not ds.path:
-            continue
-        path = Path(ds.path).expanduser().resolve()
-        if not any(path.is_relative_to(root) for root in roots):
-            raise ApiError(
-                422,
-                "path_not_allowed",
-                f"{key}.path {ds.path!r} is outside the folders this platform reads datasets from",
-                param=f"{key}.path",
-                remediation=f"upload the file (POST /v1/files) or place it under one of: {[str(r) for r in roots]}",
-            )
+def _check_access(spec: Any, settings: Settings) -> None:
+    """A job reads only built-in sets, its owner's uploads (`file_id`) and files under `data_roots`, and
+    calls only allowed reward services; the engine checks the resolved spec again."""
+    from engine.data.access import check_dataset_path, check_hf_id, check_http_reward
+
+    try:
+        for key in ("dataset", "eval_dataset"):
+            ds = getattr(spec, key)
+            if ds is not None and ds.path:
+                check_dataset_path(
+                    f"{key}.path",
+                    ds.path,
+                    settings.data_root_paths,
+                    Path(settings.uploads_dir),
+                    uploads_by_path=False,
+                )
+            if ds is not None and ds.hf_id:
+                check_hf_id(f"{key}.hf_id", ds.hf_id)
+        for i, reward in enumerate(getattr(spec, "reward_funcs", None) or []):
+            if reward.name == "http":
+                check_http_reward(f"reward_funcs.{i}.url", reward.url or "", settings.http_reward_url_list)
+    except SpecError as exc:
+        code = "path_not_allowed" if exc.field.endswith(".path") else "not_allowed"
+        raise ApiError(
+            422,
+            code,
+            str(exc),
+            param=exc.field,
+            remediation="upload datasets with POST /v1/files and use built-in or allowed rewards",
+        ) from None
 
 
 @dataclass
@@ -146,7 +159,7 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
         raise ApiError(
             422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
-    _check_data_paths(spec, settings)
+    _check_access(spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
     return Submission(spec=spec, preset=preset, resolved=resolved)
 

@@ -12,39 +12,61 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.data.access import check_dataset, policy
 from engine.data.builtin import builtin_rows
 from engine.data.formats import DataFormatError, RowError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+def _too_big(what: str, limit: int) -> DataFormatError:
+    return DataFormatError(
+        f"{what} is larger than {limit:,} bytes, the limit of this platform; make it smaller"
+    )
+
+
 def read_file(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL / JSON / Parquet file, refusing files and rows over the active policy's size limits
+    while reading (nothing larger than one row is held before it is checked)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
+    limits = policy()
+    if not path.is_file():
+        raise FileNotFoundError("the dataset file does not exist")
+    if path.stat().st_size > limits.max_file_bytes:
+        raise _too_big("the dataset file", limits.max_file_bytes)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+    with path.open("rb") as fh:
+        head = fh.read(64).lstrip()
+    if suffix == ".json" and head.startswith(b"["):
+        rows = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(rows, list):
-            raise DataFormatError(f"{path}: a .json dataset must be a list of objects")
+            raise DataFormatError("a .json dataset must be a list of objects")
         return rows
     rows, errors = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            errors.append(
-                RowError(len(rows) + len(errors), None, f"line {lineno} is not valid JSON ({exc.msg})")
-            )
+    with path.open("rb") as fh:
+        lineno = 0
+        while True:
+            raw = fh.readline(limits.max_row_bytes + 1)
+            if not raw:
+                break
+            lineno += 1
+            if len(raw) > limits.max_row_bytes and not raw.endswith(b"\n"):
+                raise _too_big(f"line {lineno}", limits.max_row_bytes)
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                errors.append(
+                    RowError(len(rows) + len(errors), None, f"line {lineno} is not valid JSON ({exc.msg})")
+                )
     if errors:
-        raise DataFormatError(f"{path}: {len(errors)} malformed JSON line(s)", errors)
+        raise DataFormatError(f"{len(errors)} malformed JSON line(s)", errors)
     return rows
 
 
@@ -64,15 +86,14 @@ def resolve_upload(file_id: str, uploads_dir: str | Path) -> Path:
     for suffix in DATA_SUFFIXES:
         if (root / f"{file_id}{suffix}").is_file():
             return root / f"{file_id}{suffix}"
-    raise FileNotFoundError(
-        f"uploaded file {file_id!r} not found under {root}; upload it with POST /v1/files"
-    )
+    raise FileNotFoundError(f"uploaded file {file_id!r} not found; upload it with POST /v1/files")
 
 
 def load_rows(dataset: Any, uploads_dir: str | Path = "var/uploads") -> list[dict[str, Any]]:
     """Rows of a `DatasetSpec` (the first `num_rows` of them when set; built-ins generate `num_rows`)."""
     if dataset.builtin:
         return builtin_rows(dataset.builtin, dataset.num_rows, dataset.seed)
+    check_dataset("dataset", dataset)
     if dataset.path:
         rows = read_file(dataset.path)
     elif dataset.file_id:

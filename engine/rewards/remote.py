@@ -71,4 +71,8 @@ class HttpReward:
 
 @register("http")
 def http(spec: Any, ctx: RewardContext) -> HttpReward:
+    from engine.data.access import check_http_reward, policy
+
+    if policy().confined:  # the api checked it at submission; a worker's engine checks again
+        check_http_reward("reward_funcs.url", spec.url, policy().http_reward_urls)
     return HttpReward(spec.url, spec.timeout_s)

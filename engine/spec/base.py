@@ -6,15 +6,90 @@ Torch-free on purpose: api, worker, SDK and engine all import this package. Name
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# One rule for every number of a spec: finite, and bounded so that it fits the 32-bit columns and the
+# loops that use it. Counts named like steps, lengths or batch sizes get tighter ceilings.
+INT_LIMIT = 2**31 - 1
+FLOAT_LIMIT = 1e9
+NAMED_LIMITS = (  # (name predicate, ceiling, what it counts)
+    (lambda n: n.endswith("_steps") or n == "num_iterations", 10_000_000, "steps"),
+    (lambda n: n.endswith(("_length", "_len", "_cache")) or n == "max_new_tokens", 1_048_576, "tokens"),
+    (lambda n: n.endswith("_batch_size") or n.startswith("num_generations"), 65_536, "items"),
+    (lambda n: n == "num_rows", 10_000_000, "rows"),
+    (lambda n: n == "num_train_epochs", 1_000, "epochs"),
+)
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
+        return set().union(*(_types_in(a) for a in typing.get_args(annotation)))
+    return {annotation}
+
+
+def check_number(name: str, value: Any) -> None:
+    """Raise ValueError when `value` (a number, or numbers inside lists/dicts) breaks the spec-wide rule."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_number(name, item)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_number(f"{name}.{key}", item)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (NaN and Infinity are refused), got {value}")
+    if not isinstance(value, int | float):
+        return
+    limit, unit = (INT_LIMIT, "") if isinstance(value, int) else (int(FLOAT_LIMIT), "")
+    for matches, ceiling, what in NAMED_LIMITS:
+        if matches(name.rsplit(".", 1)[-1]):
+            limit, unit = ceiling, f" {what}"
+            break
+    if abs(value) > limit:
+        raise ValueError(f"{name} = {value} is out of range: at most {limit:,}{unit} in magnitude")
+
+
+class SpecError(ValueError):
+    """A cross-field validation error that names the field to fix (the API reports it as `param`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default. Every number is finite and
+    bounded (`check_number`), and true/false is not a number."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if field is None or not isinstance(value, bool):
+                    continue
+                kinds = _types_in(field.annotation)
+                if bool not in kinds and Any not in kinds and kinds & {int, float}:
+                    raise SpecError(name, f"{name} must be a number, not {str(value).lower()}")
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name:
+            check_number(info.field_name, value)
+        return value
 
 
 BUNDLED_MODELS = {"smollm2-135m-instruct"}
@@ -133,7 +208,9 @@ class TrainingArgs(StrictModel):
 
     learning_rate: float = Field(5e-5, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1 = derive from num_train_epochs")
+    max_steps: int = Field(
+        -1, ge=-1, description="optimizer steps (>= 1); -1 = derive from num_train_epochs; 0 is refused"
+    )
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -162,13 +239,12 @@ class TrainingArgs(StrictModel):
     report_to: Any = None
     output_dir: str | None = Field(None, description="ignored: the platform owns output locations")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps must be >= 1, or -1 to train for num_train_epochs")
+        return value
+
 
 JsonDict = Annotated[dict[str, Any], Field(default_factory=dict)]
-
-
-class SpecError(ValueError):
-    """A cross-field validation error that names the field to fix (the API reports it as `param`)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
