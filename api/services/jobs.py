@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
@@ -249,6 +249,34 @@ def parse_statuses(status: str | None) -> list[JobStatus]:
         ) from None
 
 
+SORT_COLUMNS = {
+    "created_at": Job.created_at,
+    "updated_at": Job.updated_at,
+    "started_at": Job.started_at,
+    "name": Job.name,
+    "algorithm": Job.algorithm,
+    "status": Job.status,
+    "preset": Job.preset_id,
+    "last_step": Job.last_step,
+}
+DEFAULT_SORT = "-created_at"
+
+
+def _sort_order(sort: str) -> list[Any]:
+    key = sort.removeprefix("-")
+    if key not in SORT_COLUMNS:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"sort: unknown column {key!r}; known: {sorted(SORT_COLUMNS)} (prefix '-' for descending)",
+            param="sort",
+        )
+    column = SORT_COLUMNS[key]
+    descending = sort.startswith("-")
+    order = column.desc() if descending else column.asc()
+    return [order.nulls_last(), Job.id.desc() if descending else Job.id.asc()]
+
+
 def list_jobs(
     session: Session,
     user: User,
@@ -257,19 +285,36 @@ def list_jobs(
     limit: int,
     cursor: str | None = None,
     offset: int = 0,
-) -> tuple[list[Job], str | None]:
-    """The user's jobs, newest first; returns (page, next_cursor or None when this is the last page)."""
+    algorithm: str | None = None,
+    preset: str | None = None,
+    search: str | None = None,
+    sort: str = DEFAULT_SORT,
+) -> tuple[list[Job], str | None, int]:
+    """The user's jobs matching the filters, in `sort` order (newest first by default).
+
+    Returns (page, next_cursor, total). The cursor pages the default order; any other `sort` pages
+    with `offset`, and next_cursor is then None.
+    """
     query = select(Job).where(Job.owner_id == user.id)
     if statuses:
         query = query.where(Job.status.in_(statuses))
-    if cursor:
+    if algorithm:
+        query = query.where(Job.algorithm.in_([a.strip() for a in algorithm.split(",") if a.strip()]))
+    if preset:
+        query = query.where(Job.preset_id == preset)
+    if search:
+        pattern = f"%{search.strip().lower()}%"
+        query = query.where(or_(func.lower(Job.name).like(pattern), func.lower(Job.id).like(pattern)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    default_order = sort == DEFAULT_SORT
+    if cursor and default_order:
         created, job_id = _decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).offset(offset).limit(limit + 1)
+    query = query.order_by(*_sort_order(sort)).offset(offset).limit(limit + 1)
     jobs = list(session.scalars(query))
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return jobs, (_encode_cursor(jobs[-1]) if more and jobs else None)
+    return jobs, (_encode_cursor(jobs[-1]) if more and jobs and default_order else None), total
 
 
 def list_events(
@@ -367,3 +412,25 @@ def retry_job(session: Session, user: User, job_id: str) -> Job:
     enqueue(session, job)
     session.commit()
     return job
+
+
+def checkpoint_dir(session: Session, user: User, job_id: str, step: int) -> Path:
+    """The folder of the job's checkpoint at `step`; only folders inside the job's output_dir are served."""
+    job = get_job(session, user, job_id)
+    points, _ = list_checkpoints(session, user, job_id)
+    paths = [p["path"] for p in points if p["step"] == step]
+    if not paths:
+        raise ApiError(
+            404, "checkpoint_not_found", f"job {job_id} has no checkpoint at step {step}", param="step"
+        )
+    folder = Path(paths[-1]).resolve()
+    root = Path(job.output_dir or "").resolve()
+    if not job.output_dir or not folder.is_relative_to(root) or not folder.is_dir():
+        raise ApiError(
+            404,
+            "checkpoint_not_found",
+            f"the checkpoint at step {step} is no longer on this machine's disk",
+            param="step",
+            remediation="the final model is also logged to MLflow",
+        )
+    return folder

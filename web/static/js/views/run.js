@@ -1,0 +1,252 @@
+// One run: header (status timeline, duration, ETA, what it trains), charts, RL samples per step,
+// checkpoints, events with a level filter, every resolved hyperparameter; cancel / retry / clone.
+// Live: polls while the run can still change.
+import { api, ApiError, auth, cached } from "../api.js";
+import { ChartPanel } from "../chart.js";
+import {
+  ACTIVE, errorBox, flatten, fmtDuration, fmtTime, fmtValue, h, jobDuration, parseTime, statusBadge,
+} from "../dom.js";
+
+const REFRESH_MS = 2000;
+const EVENT_KINDS = "status,log,checkpoint,error,done";
+
+function datasetText(ds) {
+  if (!ds) return "";
+  const source = ds.builtin ? `built-in ${ds.builtin}` : ds.file_id ? `file ${ds.file_id}` : ds.path || ds.hf_id || "";
+  return `${source}${ds.num_rows ? ` (${ds.num_rows} rows)` : ""}`;
+}
+
+function eta(job) {
+  const elapsed = jobDuration(job);
+  if (job.status !== "running" || !job.total_steps || !job.last_step || !elapsed) return null;
+  return (elapsed / job.last_step) * (job.total_steps - job.last_step);
+}
+
+function describe(ev) {
+  const d = ev.data || {};
+  switch (ev.kind) {
+    case "status": return `${d.from ?? "new"} → ${d.to}${d.reason ? ` (${d.reason})` : ""}`;
+    case "log": return d.message || "";
+    case "checkpoint": return `checkpoint saved: ${d.path}`;
+    case "error": return d.message || JSON.stringify(d);
+    case "done": return "training finished";
+    default: return JSON.stringify(d);
+  }
+}
+
+function levelOf(ev) {
+  if (ev.kind === "error") return "error";
+  if (ev.kind === "log") return (ev.data && ev.data.level) || "info";
+  return "info";
+}
+
+export async function render(root, params) {
+  const id = params.id;
+  const state = { job: null, events: [], eventsAfter: 0, samples: new Map(), samplesAfter: 0, sampleStep: null,
+    followSamples: true, level: "", stopped: false, timer: null };
+
+  const header = h("section", { class: "card run-header" });
+  const actionsError = h("div");
+  const charts = h("section", { class: "card" }, h("h2", { text: "Charts" }));
+  const samples = h("section", { class: "card", id: "samples" }, h("h2", { text: "Samples" }));
+  const samplesBody = h("div");
+  samples.append(samplesBody);
+  const checkpoints = h("section", { class: "card", id: "checkpoints" }, h("h2", { text: "Checkpoints" }));
+  const checkpointsBody = h("div");
+  checkpoints.append(checkpointsBody);
+  const levelSelect = h("select", { id: "event-level", "aria-label": "event level" },
+    ...[["", "all levels"], ["info", "info and above"], ["warning", "warnings and errors"], ["error", "errors"]]
+      .map(([v, t]) => h("option", { value: v, text: t })));
+  const eventList = h("ol", { class: "events", id: "events" });
+  const events = h("section", { class: "card", id: "events-card" },
+    h("div", { class: "bar" }, h("h2", { text: "Events" }), levelSelect), eventList);
+  const params_ = h("section", { class: "card", id: "hyperparameters" }, h("h2", { text: "Resolved spec" }));
+  root.append(header, actionsError, charts, samples, h("div", { class: "two-col" }, events, checkpoints), params_);
+
+  const panel = new ChartPanel(charts);
+  levelSelect.addEventListener("change", () => { state.level = levelSelect.value; renderEvents(); });
+
+  async function act(action) {
+    if (action === "cancel" && !window.confirm(`Cancel run ${state.job.name || id}? A running job stops at its next step.`)) return;
+    actionsError.replaceChildren();
+    try { state.job = await api(`/v1/jobs/${id}/${action}`, { method: "POST" }); schedule(0); }
+    catch (err) { actionsError.replaceChildren(errorBox(err)); }
+  }
+
+  function renderHeader(job, statusEvents) {
+    const duration = jobDuration(job);
+    const left = eta(job);
+    const spec = job.spec_resolved || {};
+    const timeline = h("ol", { class: "timeline", "aria-label": "status timeline" },
+      ...statusEvents.map((ev) => h("li", { class: `status-${ev.data.to}` },
+        h("span", { class: "badge-dot" }), h("strong", { text: ev.data.to }), " ",
+        h("time", { datetime: ev.created_at, text: parseTime(ev.created_at).toLocaleTimeString() }))));
+    const fact = (label, value) => (value === null || value === undefined || value === "" ? null :
+      h("div", {}, h("dt", { text: label }), h("dd", {}, value)));
+    header.replaceChildren(
+      h("div", { class: "bar" },
+        h("h1", { id: "run-title", text: job.name || job.id }), statusBadge(job.status),
+        h("span", { class: "spacer" }),
+        ACTIVE.has(job.status) && job.status !== "cancelling"
+          ? h("button", { type: "button", id: "cancel", class: "danger", text: "Cancel", onclick: () => act("cancel") }) : null,
+        ["failed", "cancelled"].includes(job.status)
+          ? h("button", { type: "button", id: "retry", text: "Retry", onclick: () => act("retry") }) : null,
+        h("a", { class: "button", id: "clone", href: `#/launch?clone=${job.id}`, text: "Clone to form" })),
+      timeline,
+      job.error ? h("p", { class: "error", role: "alert", text: `${job.error.code || "error"}: ${job.error.message || ""}` }) : null,
+      h("dl", { class: "facts" },
+        fact("Run id", job.id),
+        fact("Algorithm", job.algorithm),
+        fact("Preset", job.preset_id ? h("a", { href: `#/presets?focus=${job.preset_id}`, text: `${job.preset_id} v${job.preset_version}` }) : "none"),
+        fact("Model", spec.model),
+        fact("Dataset", datasetText(spec.dataset)),
+        fact("Progress", job.total_steps ? `step ${job.last_step ?? 0} of ${job.total_steps}` : job.last_step != null ? `step ${job.last_step}` : "not started"),
+        fact("Duration", fmtDuration(duration)),
+        fact("ETA", left !== null ? fmtDuration(left) : null),
+        fact("Attempt", `${job.attempt} of ${job.max_attempts}`),
+        fact("Created", fmtTime(job.created_at)),
+        fact("Queue", job.queue),
+        fact("MLflow run", job.mlflow_run_id)));
+  }
+
+  function renderEvents() {
+    const rank = { debug: 0, info: 1, warning: 2, error: 3 };
+    const min = rank[state.level] ?? -1;
+    const shown = state.events.filter((ev) => (rank[levelOf(ev)] ?? 1) >= min);
+    eventList.replaceChildren(...shown.map((ev) => h("li", { class: `level-${levelOf(ev)}` },
+      h("time", { datetime: ev.created_at, text: parseTime(ev.created_at).toLocaleTimeString() }),
+      h("span", { class: "kind", text: ev.kind === "log" ? levelOf(ev) : ev.kind }),
+      ev.step != null ? h("span", { class: "muted", text: `@${ev.step}` }) : null,
+      h("span", { class: "msg", text: describe(ev) }))));
+    if (!shown.length) eventList.append(h("li", { class: "muted", text: "No events at this level." }));
+  }
+
+  function renderSamples() {
+    const steps = [...state.samples.keys()].sort((a, b) => a - b);
+    if (!steps.length) {
+      samples.hidden = state.job && !["grpo", "gfpo", "rloo", "papo", "minillm", "gkd", "gold"].includes(state.job.algorithm);
+      samplesBody.replaceChildren(h("p", { class: "muted", text: "No samples yet: online runs log generated completions as they train." }));
+      return;
+    }
+    samples.hidden = false;
+    if (state.followSamples || !steps.includes(state.sampleStep)) state.sampleStep = steps[steps.length - 1];
+    const i = steps.indexOf(state.sampleStep);
+    const go = (j) => { state.sampleStep = steps[j]; state.followSamples = j === steps.length - 1; renderSamples(); };
+    const pick = h("select", { id: "sample-step", "aria-label": "sample step" },
+      ...steps.map((s) => h("option", { value: String(s), text: `step ${s}`, selected: s === state.sampleStep })));
+    pick.addEventListener("change", () => go(steps.indexOf(Number(pick.value))));
+    const rows = state.samples.get(state.sampleStep) || [];
+    samplesBody.replaceChildren(
+      h("div", { class: "bar" },
+        h("button", { type: "button", id: "sample-prev", text: "◀ Previous", disabled: i <= 0, onclick: () => go(i - 1) }),
+        pick,
+        h("button", { type: "button", id: "sample-next", text: "Next ▶", disabled: i >= steps.length - 1, onclick: () => go(i + 1) }),
+        h("span", { class: "muted", text: `${steps.length} logged steps` })),
+      h("div", { class: "table-wrap" }, h("table", { class: "samples", id: "samples-table" },
+        h("thead", {}, h("tr", {}, ...["#", "Prompt", "Completion", "Reward", "Length"].map((t) => h("th", { scope: "col", text: t })))),
+        h("tbody", {}, ...rows.map((s, n) => h("tr", {},
+          h("td", { text: String(n + 1) }),
+          h("td", {}, h("pre", { text: typeof s.prompt === "string" ? s.prompt : JSON.stringify(s.prompt) })),
+          h("td", {}, h("pre", { text: s.completion ?? "" })),
+          h("td", { class: "num", text: s.reward === null || s.reward === undefined ? "–" : fmtValue(s.reward) }),
+          h("td", { class: "num", text: String(s.completion_length ?? (s.completion || "").length) })))))));
+  }
+
+  function renderCheckpoints(list, job) {
+    if (!list.checkpoints.length) { checkpointsBody.replaceChildren(h("p", { class: "muted", text: "No checkpoints yet." })); return; }
+    checkpointsBody.replaceChildren(h("table", { class: "checkpoints" },
+      h("thead", {}, h("tr", {}, ...["Step", "Saved", "Path", ""].map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, ...list.checkpoints.map((c) => h("tr", {},
+        h("td", { text: c.step ?? "" }), h("td", { text: fmtTime(c.created_at) }),
+        h("td", {}, h("code", { text: c.path })),
+        h("td", {}, c.step != null ? h("button", { type: "button", class: "download", "data-step": String(c.step),
+          text: "Download", onclick: () => download(job.id, c.step) }) : null))))));
+  }
+
+  // The API wants the bearer token, which a plain link cannot send: fetch, then save the blob.
+  async function download(jobId, step) {
+    try {
+      const res = await fetch(`/v1/jobs/${jobId}/checkpoints/${step}/download`, { headers: { Authorization: `Bearer ${auth.token}` } });
+      if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
+      const url = URL.createObjectURL(await res.blob());
+      const a = h("a", { href: url, download: `${jobId}-step-${step}.zip` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) { actionsError.replaceChildren(errorBox(err)); }
+  }
+
+  async function renderParams(job) {
+    let preset = {};
+    if (job.preset_id) {
+      try { preset = flatten({ config: (await cached(`/v1/presets/${job.preset_id}`)).config }); } catch { preset = {}; }
+    }
+    const mine = flatten(job.spec_submitted || {});
+    const rows = Object.entries(flatten(job.spec_resolved || {})).map(([key, value]) => {
+      const source = key in mine ? "set" : key in preset ? "preset" : "default";
+      return h("tr", { class: `source-${source}` }, h("th", { scope: "row", text: key }),
+        h("td", {}, h("code", { text: fmtValue(value) })), h("td", { class: "muted", text: source }));
+    });
+    const filter = h("input", { type: "search", placeholder: "filter keys", "aria-label": "filter hyperparameters" });
+    const tbody = h("tbody", {}, ...rows);
+    filter.addEventListener("input", () => {
+      for (const tr of tbody.children) tr.hidden = !tr.firstChild.textContent.includes(filter.value.trim());
+    });
+    params_.replaceChildren(h("div", { class: "bar" }, h("h2", { text: "Resolved spec" }), filter),
+      h("div", { class: "table-wrap tall" }, h("table", { class: "kv", id: "spec-table" },
+        h("thead", {}, h("tr", {}, h("th", { text: "Key" }), h("th", { text: "Value" }), h("th", { text: "Source" }))), tbody)));
+  }
+
+  async function pullEvents(kind, afterKey, onEvent) {
+    let more = true;
+    while (more && !state.stopped) {
+      const page = await api(`/v1/jobs/${id}/events?kind=${kind}&after=${state[afterKey]}&limit=1000`);
+      page.events.forEach(onEvent);
+      state[afterKey] = page.next_cursor;
+      more = page.has_more;
+    }
+  }
+
+  async function refresh(first) {
+    const job = await api(`/v1/jobs/${id}`);
+    const before = state.events.length;
+    await pullEvents(EVENT_KINDS, "eventsAfter", (ev) => state.events.push(ev));
+    let newSamples = false;
+    await pullEvents("samples", "samplesAfter", (ev) => {
+      state.samples.set(ev.step, [...(state.samples.get(ev.step) || []), ...((ev.data && ev.data.samples) || [])]);
+      newSamples = true;
+    });
+    const [{ metrics }, cps] = await Promise.all([api(`/v1/jobs/${id}/metrics`), api(`/v1/jobs/${id}/checkpoints`)]);
+    if (state.stopped) return job;
+    state.job = job;
+    renderHeader(job, state.events.filter((e) => e.kind === "status"));
+    if (first || state.events.length !== before) renderEvents();
+    if (first || newSamples) renderSamples();
+    renderCheckpoints(cps, job);
+    panel.update(Object.fromEntries(Object.entries(metrics).map(([k, points]) => [k, [{ label: job.name || job.id, points }]])));
+    if (first) await renderParams(job);
+    return job;
+  }
+
+  function schedule(ms) {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(async () => {
+      try {
+        const job = await refresh(false);
+        actionsError.replaceChildren();
+        if (ACTIVE.has(job.status)) schedule(REFRESH_MS);
+      } catch (err) {
+        if (!state.stopped) { actionsError.replaceChildren(errorBox(err)); schedule(REFRESH_MS * 2); }
+      }
+    }, ms);
+  }
+
+  try {
+    const job = await refresh(true);
+    if (ACTIVE.has(job.status)) schedule(REFRESH_MS);
+  } catch (err) {
+    root.replaceChildren(h("h1", { text: `Run ${id}` }), errorBox(err));
+  }
+  return () => { state.stopped = true; clearTimeout(state.timer); panel.destroy(); };
+}
