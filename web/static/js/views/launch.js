@@ -224,9 +224,7 @@ export async function render(root, params) {
     const preset = body.preset ? presetById[body.preset] : null;
     const rows = [];
     if (result && result.preset_diff) {
-      const entries = Array.isArray(result.preset_diff) ? result.preset_diff.map((d) => [d.key || d.param || d.path, d.preset ?? d.from, d.value ?? d.to])
-        : Object.entries(result.preset_diff).map(([k, v]) => [k, v && typeof v === "object" && "preset" in v ? v.preset : v?.from, v && typeof v === "object" && "value" in v ? v.value : v?.to ?? v]);
-      rows.push(...entries);
+      rows.push(...result.preset_diff.map((d) => [d.param, d.preset_value, d.value]));
     } else if (preset) {
       for (const [k, v] of Object.entries(body.config || {})) if (k in preset.config && JSON.stringify(preset.config[k]) !== JSON.stringify(v)) rows.push([`config.${k}`, preset.config[k], v]);
     }
