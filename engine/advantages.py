@@ -1,4 +1,4 @@
-"""Rewards -> advantages for the online algorithms (ALGORITHMS §1.2, §1.3, §1.16, §7, §9.2).
+"""Rewards -> advantages for the online algorithms.
 
 Groups are consecutive blocks of `num_generations` rows of the *global* generation batch (gather
 before calling). NaN marks an unscorable reward: it is left out of every mean and std and its row
@@ -86,6 +86,19 @@ def combine_rewards(
     return _unscorable_to_nan(total, per_func)
 
 
+def reward_stats(per_func: Tensor, weights: Tensor | list[float] | None = None) -> dict[str, Tensor]:
+    """`rollout/reward_mean` and `rollout/reward_std` of a generation batch, on the raw reward.
+
+    The raw reward is the weighted sum of the functions' outputs (NaN as 0, all-NaN rows left out),
+    whatever `multi_objective_aggregation` trains on: under normalize_then_sum the trained reward is
+    normalised per group (mean about 0), which says nothing a user can compare with a published
+    reward curve. Weighted, as both TRL eras log `reward`; std over the whole batch with Bessel's
+    correction (TRL 1.16; the 0.27 era logged the mean of the group stds).
+    """
+    raw = combine_rewards(per_func, weights, "sum_then_normalize")
+    return {"rollout/reward_mean": nanmean(raw).detach(), "rollout/reward_std": nanstd(raw).detach()}
+
+
 def group_advantages(
     rewards: Tensor,
     num_generations: int,
@@ -99,7 +112,8 @@ def group_advantages(
     (group mean, batch std); "none": no division. With aggregation "normalize_then_sum" the
     rewards are already per-function normalised and A = (r - nanmean_batch) / (nanstd_batch + 1e-4).
     Unscorable (NaN) rows get 0; a group with equal rewards gets 0. Stds use Bessel's correction.
-    stats: rollout/reward_mean, rollout/reward_std (batch nanstd), rollout/frac_reward_zero_std.
+    stats: rollout/reward_mean, rollout/reward_std (batch nanstd) of `rewards` as given (the loops log
+    `reward_stats` of the raw rewards instead), rollout/frac_reward_zero_std.
     """
     scale = _scale(scale_rewards)
     g = _groups(rewards, num_generations)
@@ -144,7 +158,7 @@ def rloo_advantages(
     reward_clip_range: tuple[float, float] | None = None,
     normalize_advantages: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """RLOO advantages (arXiv 2402.14740, ALGORITHMS §7): rewards (N,), kl (N,) -> (N,), stats.
+    """RLOO advantages (arXiv 2402.14740): rewards (N,), kl (N,) -> (N,), stats.
 
     r <- clamp(r, reward_clip_range); r <- r - beta * kl; b_i = (sum of the other valid rewards of the
     group) / (n_g - 1); A = r - b (NaN when the group has a single valid reward); optional batch

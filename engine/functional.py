@@ -29,11 +29,15 @@ class GlobalCounts:
     masked rows included. entropy_threshold: optional global `top_entropy_quantile` threshold
     (see `engine.losses.masks.entropy_threshold`); when None the threshold is taken from the
     micro-batch the loss sees, which breaks exact micro-batch invariance of the entropy mask.
+    num_entropy_tokens: tokens the entropy mask keeps over the step (what the entropy bonus is
+    averaged over when `top_entropy_quantile` < 1); when None the micro-batch's own kept count is
+    used, exact only when the micro-batch is the whole step.
     """
 
     num_tokens: Count
     num_sequences: Count
     entropy_threshold: Count | None = None
+    num_entropy_tokens: Count | None = None
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> GlobalCounts:

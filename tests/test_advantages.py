@@ -1,4 +1,4 @@
-"""Rewards -> advantages (ALGORITHMS §1.2-§1.3, §1.16, §7, §9.2) against plain-Python statistics."""
+"""Rewards -> advantages against plain-Python statistics."""
 
 import math
 import statistics
@@ -10,6 +10,7 @@ from engine.advantages import (
     combine_rewards,
     gfpo_keep_mask,
     group_advantages,
+    reward_stats,
     rloo_advantages,
     rloo_sequence_kl,
     soft_overlong_punishment,
@@ -69,6 +70,19 @@ def test_unscorable_rows_are_left_out_and_get_zero():
     assert stats["rollout/reward_mean"].item() == pytest.approx(mu)
     all_nan, _ = group_advantages(t([NAN, NAN, 1.0, 2.0]), 2, "group")
     assert all_nan[:2].tolist() == [0.0, 0.0]
+
+
+def test_reward_stats_are_on_the_raw_weighted_reward():
+    # weights (1, 2); NaN counts as 0 in a row with another value; an all-NaN row is left out
+    per_func = t([[1.0, 0.5], [0.0, -1.0], [1.0, NAN], [NAN, NAN]])
+    stats = reward_stats(per_func, [1.0, 2.0])
+    raw = [2.0, -2.0, 1.0]
+    assert stats["rollout/reward_mean"].item() == pytest.approx(1 / 3)
+    assert stats["rollout/reward_std"].item() == pytest.approx(statistics.stdev(raw))
+    # normalize_then_sum would train on rewards whose mean is 0; the logged mean is the raw one
+    per_func = t([[1.0], [3.0], [0.0], [2.0]])
+    assert reward_stats(per_func)["rollout/reward_mean"].item() == pytest.approx(1.5)
+    assert combine_rewards(per_func, None, "normalize_then_sum", 2).sum().item() == pytest.approx(0.0)
 
 
 def test_group_size_must_divide_the_batch():

@@ -365,7 +365,7 @@ class GRPOTrainer:
         self.counters.completions_scored += len(rollout)
         rollout.metrics = {
             **metrics,
-            **self._rollout_metrics(part.rewards, combined, lengths, part.truncated),
+            **self._rollout_metrics(part.rewards, lengths, part.truncated),
             **objective_metrics,
         }
         rollout.samples = [
@@ -375,13 +375,12 @@ class GRPOTrainer:
         return rollout
 
     def _rollout_metrics(
-        self, rewards: torch.Tensor, combined: torch.Tensor, lengths: list[int], truncated: list[bool]
+        self, rewards: torch.Tensor, lengths: list[int], truncated: list[bool]
     ) -> dict[str, float]:
-        from engine.functional import nanmean, nanstd
+        from engine.functional import nanmean
 
         m = {
-            "rollout/reward_mean": float(nanmean(combined)),
-            "rollout/reward_std": float(nanstd(combined)),
+            **{k: float(v) for k, v in adv_lib.reward_stats(rewards, self.reward_weights).items()},
             "rollout/completion_length_mean": sum(lengths) / len(lengths),
             "rollout/completion_length_min": float(min(lengths)),
             "rollout/completion_length_max": float(max(lengths)),

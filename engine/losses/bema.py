@@ -1,4 +1,4 @@
-"""BEMA: bias-corrected exponential moving average of weights (arXiv 2508.00180, ALGORITHMS §6.3).
+"""BEMA: bias-corrected exponential moving average of weights (arXiv 2508.00180).
 
     bema = BEMA(model.named_parameters() trainable subset as a dict, update_freq=400)
     ...after each optimizer step t (1-based): bema.step(t, current_params)
@@ -32,7 +32,7 @@ class BEMA:
         beta_t = max((lag + multiplier t)^-ema_power, min_ema_multiplier), alpha_t = (lag + multiplier t)^-bias_power
         EMA <- (1 - beta_t) EMA + beta_t theta_t;   BEMA = EMA + alpha_t (theta_t - theta0).
     theta0 and EMA start as the weights passed at construction. t is absolute (not t - update_after),
-    as in the seed era (§12.2 trap 15).
+    as in the seed era.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Reference-free pairwise losses: CPO / SimPO / AlphaPO (`cpo` family, ALGORITHMS §4).
+"""Reference-free pairwise losses: CPO / SimPO / AlphaPO (`cpo` family).
 
     out = cpo_loss(PreferenceBatch(chosen_logps, rejected_logps, chosen_lengths=..., rejected_lengths=...,
                                    chosen_nll=...), CPOLossConfig.from_spec(cfg), num_pairs, num_chosen_tokens)
@@ -6,7 +6,8 @@
 Scores s: summed completion log-probs for `sigmoid` / `hinge`, per-token means for `ipo`, `simpo`,
 `alphapo`. AlphaPO shaping (alpha != 0, any loss type): R = (1 - e^(-alpha s)) / alpha. Total =
 sum of per-pair losses / global pairs + cpo_alpha * (summed chosen NLL / global chosen tokens).
-Reference log-probs in the batch are ignored.
+Reference log-probs in the batch are ignored. `logps/chosen` and `logps/rejected` log the scores
+before shaping (per-token means for ipo / simpo / alphapo), so they compare with published curves.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from torch import Tensor
 from engine.functional import Count, clamp_count
 from engine.losses.batches import PreferenceBatch
 from engine.losses.registry import LossOutput, get_loss, register
+
+PER_TOKEN_LOSSES = ("ipo", "simpo", "alphapo")  # score = mean log-prob per completion token
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,19 @@ def alphapo_reward(scores: Tensor, alpha: float) -> Tensor:
     return (1 - torch.exp(-alpha * scores)) / alpha
 
 
-def _scores(batch: PreferenceBatch, cfg: CPOLossConfig, per_token: bool) -> tuple[Tensor, Tensor]:
+def _logps(batch: PreferenceBatch, cfg: CPOLossConfig, per_token: bool) -> tuple[Tensor, Tensor]:
+    """The sequence scores before shaping: sums, or per-token means for ipo / simpo / alphapo."""
     c, r = batch.chosen_logps, batch.rejected_logps
     if per_token:
         if batch.chosen_lengths is None or batch.rejected_lengths is None:
             raise ValueError(f"CPO loss_type {cfg.loss_type!r} needs chosen_lengths and rejected_lengths")
         c = c / batch.chosen_lengths.to(c.dtype).clamp(min=1)
         r = r / batch.rejected_lengths.to(r.dtype).clamp(min=1)
+    return c, r
+
+
+def _scores(batch: PreferenceBatch, cfg: CPOLossConfig, per_token: bool) -> tuple[Tensor, Tensor]:
+    c, r = _logps(batch, cfg, per_token)
     return alphapo_reward(c, cfg.alpha), alphapo_reward(r, cfg.alpha)
 
 
@@ -67,6 +76,7 @@ def _finish(
     per_pair: Tensor, s_c: Tensor, s_r: Tensor, batch: PreferenceBatch, cfg: CPOLossConfig, num_pairs: Count
 ) -> LossOutput:
     n = clamp_count(num_pairs)
+    logps_c, logps_r = _logps(batch, cfg, per_token=cfg.loss_type in PER_TOKEN_LOSSES)
     with torch.no_grad():
         rc, rr = cfg.beta * s_c.detach(), cfg.beta * s_r.detach()
         metrics = {
@@ -74,8 +84,8 @@ def _finish(
             "rewards/rejected": rr.sum() / n,
             "rewards/accuracies": (rc > rr).to(rc.dtype).sum() / n,
             "rewards/margins": (rc - rr).sum() / n,
-            "logps/chosen": batch.chosen_logps.detach().sum() / n,
-            "logps/rejected": batch.rejected_logps.detach().sum() / n,
+            "logps/chosen": logps_c.detach().sum() / n,
+            "logps/rejected": logps_r.detach().sum() / n,
         }
     return LossOutput(loss=per_pair.sum() / n, metrics=metrics)
 

@@ -1,4 +1,4 @@
-"""Distillation losses (`distill` family, ALGORITHMS §8): GKD / GOLD generalized JSD, ULD, MiniLLM.
+"""Distillation losses (`distill` family): GKD / GOLD generalized JSD, ULD, MiniLLM.
 
     out = distill_loss(student_logits, teacher_logits, mask, num_tokens, DistillLossConfig.from_spec(cfg))
 
@@ -84,7 +84,7 @@ def gkd(
     student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, num_tokens: Count, cfg: DistillLossConfig
 ) -> LossOutput:
     """GKD (arXiv 2306.13649): generalized JSD at temperature 1 (GKD's temperature only affects
-    sampling, §12.2 trap 12). logits (B, T, V), mask (B, T); / global label tokens."""
+    sampling). logits (B, T, V), mask (B, T); / global label tokens."""
     return _jsd_loss(student_logits, teacher_logits, mask, num_tokens, cfg.beta, 1.0, "gkd")
 
 
@@ -101,7 +101,7 @@ def minillm(
     student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, num_tokens: Count, cfg: DistillLossConfig
 ) -> LossOutput:
     """MiniLLM (arXiv 2306.08543) single-step term: sum_t m KL(P_S || P_T) / global tokens at
-    `cfg.temperature` (= kd_temperature). Fix of §12.2 trap 13: only real completion tokens count and
+    `cfg.temperature` (= kd_temperature). Deliberate difference from TRL: only real completion tokens count and
     the divisor is global, so the term is not multiplied by gradient accumulation."""
     return _jsd_loss(
         student_logits, teacher_logits, mask, num_tokens, 1.0, cfg.temperature, "minillm_single_step"
@@ -151,7 +151,7 @@ def minillm_rkl_advantages(
 
     R_t = m_t (log P_T(y_t) - log P_S(y_t)) on sampled tokens. gamma = 0: A_t = R_t. gamma > 0:
     A_t = sum_{s>=t} gamma^(s-t) R_s, divided by sum_{s>=t} gamma^(s-t) m~_s (m~ = m, or 1e-4 on
-    padding) when `length_normalization`. Fixes of §12.2 trap 13: padding is masked (TRL's mask is all
+    padding) when `length_normalization`. Deliberate differences from TRL: padding is masked (TRL's mask is all
     ones), the advantage is detached, and the unnormalised return is not scaled by gamma^t.
     """
     m = mask.to(student_logps.dtype)

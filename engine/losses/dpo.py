@@ -1,4 +1,4 @@
-"""DPO-family pairwise losses (ALGORITHMS §2), registered in the `dpo` family.
+"""DPO-family pairwise losses, registered in the `dpo` family.
 
     out = dpo_loss(PreferenceBatch(...), DPOLossConfig.from_spec(cfg), num_pairs, num_chosen_tokens, state)
 
@@ -32,7 +32,7 @@ from engine.losses.batches import PreferenceBatch
 from engine.losses.registry import LossOutput, get_loss, register
 from engine.losses.state import RunningMean
 
-# --- f-divergence scores g(Delta) (ALGORITHMS §2.2) -------------------------------------------------
+# --- f-divergence scores g(Delta) -----------------------------------------------------------------
 
 
 def _reverse_kl(delta: Tensor, coef: float) -> Tensor:
@@ -67,7 +67,7 @@ def f_divergence_score(delta: Tensor, f_divergence_type: str, alpha_coef: float 
 
     reverse_kl: Delta; forward_kl: -e^-Delta; js_divergence: log sigmoid(Delta); alpha_divergence with
     coefficient a: e^min((a-1) Delta, c) / (a - 1), c = 80 (11 in fp16), Delta when |a - 1| < 1e-6.
-    `a` has the HEAD meaning and default 0.5 (§12.2 trap 8): the seed-era coefficient is alpha = 1 - a,
+    `a` has the HEAD meaning and default 0.5: the seed-era coefficient is alpha = 1 - a,
     so its old default alpha = 1.0 would be a = 0 here.
     """
     try:
@@ -369,7 +369,7 @@ def ld_sequence_logps(token_logps: Tensor, mask: Tensor, other_lengths: Tensor, 
     token_logps, mask: (B, T) over completion positions; other_lengths: (B,) completion length of the
     other response of the pair. With l_p = min(|y|, other), returns (B,)
     sum_{k <= l_p} logp_k + alpha * sum_{k > l_p} logp_k, k = 1-based index among completion tokens.
-    Fix of §12.2 trap 9: positions are counted within the completion (not the prompt+completion row),
+    Deliberate difference from TRL: positions are counted within the completion (not the prompt+completion row),
     and no completion token is dropped.
     """
     m = mask.to(token_logps.dtype)

@@ -1,4 +1,4 @@
-"""Masks and weights applied to the GRPO-family per-token loss (ALGORITHMS §1.6, §1.10-§1.12).
+"""Masks and weights applied to the GRPO-family per-token loss.
 
 - `truncated_rows` / `mask_truncated_completions`: drop completions that hit the length limit.
 - `entropy_threshold` / `high_entropy_mask`: `top_entropy_quantile` ("80/20 rule", arXiv 2506.01939).
@@ -83,7 +83,7 @@ def high_entropy_mask(
 def off_policy_mask(
     logps: Tensor, behaviour_logps: Tensor, mask: Tensor, advantages: Tensor, threshold: float
 ) -> Tensor:
-    """DeepSeek-V3.2 off-policy sequence mask (ALGORITHMS §1.6 step 1), detached.
+    """DeepSeek-V3.2 off-policy sequence mask, detached.
 
     KL_i = sum_t m (behaviour - sg(logps)) / max(1, |o_i|); keep = [A >= 0] or [KL_i <= threshold].
     logps, behaviour_logps, mask: (B, T); advantages (B, 1) or (B, T). Returns (B, 1) or (B, T).
@@ -102,7 +102,7 @@ def vllm_is_weights(
     clip_min: float | None = None,
     clip_max: float | None = 3.0,
 ) -> Tensor:
-    """Importance weights of the trainer's old policy against the sampler (ALGORITHMS §1.11), detached.
+    """Importance weights of the trainer's old policy against the sampler, detached.
 
     d = (old - sampling) * mask. token_*: rho = e^d, (B, T); sequence_*: rho = e^(sum_t d), (B, 1)
     (a product over the sequence, not a geometric mean). *_truncate clamps to [clip_min, clip_max]

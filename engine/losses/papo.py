@@ -1,4 +1,4 @@
-"""PAPO perception terms (arXiv 2507.06448, ALGORITHMS §9.3), added to a `grpo` / `dapo` policy loss.
+"""PAPO perception terms (arXiv 2507.06448), added to a `grpo` / `dapo` policy loss.
 
     out = papo_perception_loss(logps, masked_logps, entropies, masked_entropies, mask, num_tokens,
                                perception_loss_weight=0.1, der_loss_weight1=0.03, der_loss_weight2=0.03)
@@ -36,7 +36,7 @@ def papo_perception_loss(
 
     All inputs (B, T). The perception KL is maximised (minus sign); both entropies are minimised (the
     Double Entropy Loss that keeps the maximised KL from being gamed by a high-entropy masked policy).
-    Fix of §12.2 trap 14: padding positions are excluded (TRL averages over all B x T positions).
+    Deliberate difference from TRL: padding positions are excluded (TRL averages over all B x T positions).
     """
     n = clamp_count(num_tokens)
     kl = masked_sum(perception_kl(logps, masked_logps), mask) / n

@@ -1,4 +1,4 @@
-"""GRPO-family policy losses (ALGORITHMS §1.4-§1.10, §9.1), registered in the `policy` family.
+"""GRPO-family policy losses, registered in the `policy` family.
 
     out = policy_loss(PolicyBatch(logps, mask, advantages, ...), PolicyLossConfig.from_spec(cfg), counts)
 
@@ -90,7 +90,7 @@ class PolicyLossConfig:
         """Build from an `engine.spec` GRPOConfig (or a subclass; an RLOOConfig gives loss_type 'rloo').
 
         RLOO puts its KL into the reward, so its loss config has beta = 0; its loss has no vLLM
-        importance-sampling weight (ALGORITHMS §7), so vllm_is_correction is off whatever use_vllm says.
+        importance-sampling weight, so vllm_is_correction is off whatever use_vllm says.
         """
 
         def get(name: str, default: Any) -> Any:
@@ -129,7 +129,7 @@ class PolicyLossConfig:
 
 
 def importance_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor, level: str) -> Tensor:
-    """log rho (ALGORITHMS §1.4, §9.1). logps (B, T) with grad, old_logps (B, T), mask (B, T).
+    """log rho. logps (B, T) with grad, old_logps (B, T), mask (B, T).
 
     token: logps - old, (B, T). sequence (GSPO, arXiv 2507.18071): masked mean of logps - old, (B, 1);
     gradient reaches every token as rho_i * m / |o_i|. sequence_token (GSPO-token): logps - sg(logps)
@@ -200,8 +200,8 @@ def cispo_surrogate(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO (MiniMax-M1, arXiv 2506.13585): -sg(min(rho, epsilon_high)) * A * logp.
 
-    The cap is the absolute value `epsilon_high`. Fix of §12.2 trap 3: epsilon_high must be set (no
-    silent fallback to epsilon = 0.2, which would scale every gradient by 0.2).
+    The cap is the absolute value `epsilon_high`. Deliberate difference from TRL: epsilon_high must be
+    set (TRL silently falls back to epsilon = 0.2, which scales every on-policy gradient by 0.2).
     """
     if cfg.epsilon_high is None:
         raise ValueError(
@@ -239,7 +239,7 @@ def vespo_weights(
     is_weight: Tensor | None,
     cfg: PolicyLossConfig,
 ) -> Tensor:
-    """VESPO sequence weights phi (ALGORITHMS §1.5), no grad: e^lam * w^k * e^(-lam w), phi(1) = 1.
+    """VESPO sequence weights phi, no grad: e^lam * w^k * e^(-lam w), phi(1) = 1.
 
     log w = clamp(sum_t m clamp(logps - old, -20, 20) + sum_t m clamp(log rho_IS, ln 1e-8, 20), ln 1e-8, 20);
     (k, lam) = positive pair if A >= 0 else negative pair; NaN / inf -> 0. The IS sum is masked here
@@ -293,6 +293,16 @@ def _as_2d(advantages: Tensor, logps: Tensor) -> Tensor:
             f"advantages must be (B,) or (B, T) = {tuple(logps.shape)}, got {tuple(advantages.shape)}"
         )
     return advantages.detach().to(logps.dtype)
+
+
+def _entropy_bonus_count(cfg: PolicyLossConfig, counts: GlobalCounts, entropy_mask: Tensor) -> Any:
+    """What the entropy bonus is averaged over: the active tokens, or with an entropy mask the tokens
+    it keeps (the bonus is a mean entropy of the tokens that train, whatever share the mask keeps)."""
+    if cfg.top_entropy_quantile >= 1.0:
+        return clamp_count(counts.num_tokens)
+    if counts.num_entropy_tokens is not None:
+        return clamp_count(counts.num_entropy_tokens)
+    return clamp_count(entropy_mask.sum())
 
 
 def run_policy_loss(
@@ -360,7 +370,7 @@ def run_policy_loss(
             raise ValueError("beta != 0 needs batch.ref_logps (reference model log-probs)")
         kl = k3_kl(logps, batch.ref_logps.detach())
         if cfg.use_bias_correction_kl:
-            kl = kl * ratio  # not detached: the correction carries gradient too (§12.2 trap 5)
+            kl = kl * ratio  # not detached: the correction carries gradient too, as in TRL
         per_token = per_token + cfg.beta * kl
         metrics["policy/kl"] = masked_sum(kl.detach(), mask) / n_tok
 
@@ -372,7 +382,7 @@ def run_policy_loss(
         if batch.entropies is None:
             raise ValueError("entropy_coef != 0 needs batch.entropies (with grad) for the entropy bonus")
         metrics["policy/policy_loss"] = loss.detach()
-        bonus = masked_sum(batch.entropies, entropy_mask) / n_tok
+        bonus = masked_sum(batch.entropies, entropy_mask) / _entropy_bonus_count(cfg, counts, entropy_mask)
         loss = loss - cfg.entropy_coef * bonus
 
     metrics["policy/loss"] = loss.detach()
@@ -405,16 +415,20 @@ def dr_grpo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> 
 def dapo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> LossOutput:
     """DAPO (arXiv 2503.14476): clipped surrogate (clip-higher via epsilon_high); global token mean.
 
-    Fix of §12.2 trap 1: normalised by the active tokens of the optimizer step (counts.num_tokens),
-    not of the generation batch, so steps_per_generation != gradient_accumulation_steps no longer
-    rescales the loss.
+    Deliberate differences from TRL, both in what `counts.num_tokens` holds:
+    - it counts the active tokens of the optimizer step, not of the generation batch (TRL), so
+      steps_per_generation != gradient_accumulation_steps no longer rescales the loss;
+    - with `mask_truncated_completions` it leaves out the truncated rows (TRL 1.9 and later; the
+      0.27 era counted them). A masked row adds nothing to the sum, so counting its tokens would
+      only shrink every other token's weight by the share of truncated completions.
     """
     return run_policy_loss(batch, cfg, counts, surrogate=clipped_surrogate, aggregation="token_mean")
 
 
 @register("policy", "cispo")
 def cispo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> LossOutput:
-    """CISPO (MiniMax-M1, arXiv 2506.13585): see `cispo_surrogate`; global token mean (§12.2 trap 1 fixed)."""
+    """CISPO (MiniMax-M1, arXiv 2506.13585): see `cispo_surrogate`; global token mean, counted as for
+    `dapo` (the optimizer step's active tokens, truncated rows left out when they are masked)."""
     return run_policy_loss(batch, cfg, counts, surrogate=cispo_surrogate, aggregation="token_mean")
 
 
@@ -429,14 +443,15 @@ def luspo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> Lo
     """LUSPO (arXiv 2602.05261): clipped surrogate, each sequence's loss scaled by its length:
     sum_i sum_t m L / global sequences (= sum_i |o_i| L_i / N for sequence-level ratios).
 
-    Fix of §12.2 trap 17: padding never enters the mean, also when L is per-token (beta, masks).
+    Deliberate difference from TRL: padding never enters the mean, also when L is per-token (beta,
+    masks); TRL averages over padded positions then.
     """
     return run_policy_loss(batch, cfg, counts, surrogate=clipped_surrogate, aggregation="sequence_sum")
 
 
 @register("policy", "vespo")
 def vespo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> LossOutput:
-    """VESPO (arXiv 2602.10693): see `vespo_surrogate`; global token mean (§12.2 trap 1 fixed)."""
+    """VESPO (arXiv 2602.10693): see `vespo_surrogate`; global token mean, counted as for `dapo`."""
     return run_policy_loss(
         batch, cfg, counts, surrogate=vespo_surrogate, aggregation="token_mean", weight_inside=True
     )
@@ -444,7 +459,7 @@ def vespo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> Lo
 
 @register("policy", "rloo")
 def rloo(batch: PolicyBatch, cfg: PolicyLossConfig, counts: GlobalCounts) -> LossOutput:
-    """RLOO (arXiv 2402.14740, ALGORITHMS §7): clipped sequence ratio of *summed* log-probs, one term per
+    """RLOO (arXiv 2402.14740): clipped sequence ratio of *summed* log-probs, one term per
     sequence, / global sequences. `importance_sampling_level` is ignored; use beta = 0 (KL is in the reward)
     and no vLLM IS weight (`PolicyLossConfig.from_spec` turns both off for an RLOOConfig).
     """

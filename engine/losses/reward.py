@@ -1,4 +1,4 @@
-"""Reward-model loss (`reward` family, ALGORITHMS §5): Bradley-Terry with margins and centring.
+"""Reward-model loss (`reward` family): Bradley-Terry with margins and centring.
 
     out = reward_loss(chosen_rewards, rejected_rewards, num_pairs, margin=m, center_rewards_coefficient=eta)
 

@@ -1,4 +1,4 @@
-"""SFT token losses (ALGORITHMS §6.2), registered in the `sft` family.
+"""SFT token losses, registered in the `sft` family.
 
     out = sft_loss(logps, mask, "nll", num_tokens)   # logps, mask: (B, T); num_tokens: global label tokens
 

@@ -1,4 +1,4 @@
-"""Unpaired-feedback losses: KTO (`kto` family) and BCO (`bco` family), ALGORITHMS §3.
+"""Unpaired-feedback losses: KTO (`kto` family) and BCO (`bco` family)
 
     out = kto_loss(UnpairedBatch(logps, ref_logps, labels), KTOLossConfig.from_spec(cfg),
                    UnpairedCounts.from_labels(labels), kl_reference=z0)

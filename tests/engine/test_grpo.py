@@ -260,6 +260,18 @@ def test_dynamic_sampling_generates_again_up_to_the_round_limit(tmp_path):
     assert len(t.last_rollout) == 4  # the batch was filled up with zero-variance groups
 
 
+def test_reward_mean_is_the_raw_weighted_reward_under_normalize_then_sum(tmp_path):
+    t, _ = trainer(
+        tmp_path,
+        {"multi_objective_aggregation": "normalize_then_sum", "reward_weights": [2.0]},
+        reward_funcs=[{"name": "soft_overlong_punishment", "max_completion_len": 3, "soft_punish_cache": 2}],
+    )
+    m = t.generate().metrics
+    raw_mean = m["rollout/rewards/soft_overlong_punishment_mean"]
+    assert raw_mean < 0  # the random model mostly runs to the limit: punished
+    assert m["rollout/reward_mean"] == pytest.approx(2.0 * raw_mean)
+
+
 def test_gfpo_keeps_the_shortest_completions_of_each_group(tmp_path):
     t, _ = trainer(
         tmp_path,

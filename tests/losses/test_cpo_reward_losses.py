@@ -1,4 +1,4 @@
-"""CPO / SimPO / AlphaPO (ALGORITHMS §4) and Bradley-Terry reward modelling (§5), in plain Python."""
+"""CPO / SimPO / AlphaPO and Bradley-Terry reward modelling, in plain Python."""
 
 import math
 
@@ -76,6 +76,22 @@ def test_alphapo_reward_shape():
     assert out.metrics["rewards/chosen"].item() == pytest.approx(
         sum(BETA * shape(PC[i] / NC[i]) for i in range(2)) / 2
     )
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "simpo", "alphapo"])
+def test_logps_metrics_are_per_token_means_for_length_normalised_losses(loss_type):
+    # chosen: -6/3 = -2, -3/2 = -1.5 -> mean -1.75; rejected: -8/4 = -2, -2/1 = -2 -> mean -2
+    cfg = CPOLossConfig(beta=BETA, loss_type=loss_type, alpha=0.4 if loss_type == "alphapo" else 0.0)
+    out = cpo_loss(batch(), cfg, 2, 5)
+    assert out.metrics["logps/chosen"].item() == pytest.approx(-1.75, rel=1e-12)
+    assert out.metrics["logps/rejected"].item() == pytest.approx(-2.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
+def test_logps_metrics_are_sums_for_summed_losses(loss_type):
+    out = cpo_loss(batch(), CPOLossConfig(beta=BETA, loss_type=loss_type), 2, 5)
+    assert out.metrics["logps/chosen"].item() == pytest.approx((-6.0 - 3.0) / 2, rel=1e-12)
+    assert out.metrics["logps/rejected"].item() == pytest.approx((-8.0 - 2.0) / 2, rel=1e-12)
 
 
 def test_alphapo_from_spec_forces_cpo_alpha_zero():

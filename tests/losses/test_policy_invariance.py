@@ -12,6 +12,7 @@ from engine.losses import (
     PolicyBatch,
     PolicyLossConfig,
     entropy_threshold,
+    high_entropy_mask,
     policy_loss,
     registry_names,
 )
@@ -41,6 +42,7 @@ VARIANTS = {
     "entropy_mask": {"top_entropy_quantile": 0.3},
     "entropy_mask_beta": {"top_entropy_quantile": 0.3, "beta": 0.04},
     "entropy_bonus": {"entropy_coef": 0.01},
+    "entropy_mask_bonus": {"top_entropy_quantile": 0.3, "entropy_coef": 0.01},
     "sequence_level": {"importance_sampling_level": "sequence"},
     "vllm_token_truncate": {
         "vllm_is_correction": True,
@@ -62,8 +64,13 @@ def run(loss_type, variant, rows_list):
     kw = dict(VARIANTS[variant])
     kw.setdefault("epsilon_high", 5.0 if loss_type == "cispo" else None)
     cfg = PolicyLossConfig(loss_type=loss_type, max_completion_length=T, **kw)
-    thr = entropy_threshold(ent, mask, cfg.top_entropy_quantile) if cfg.top_entropy_quantile < 1 else None
-    counts = GlobalCounts(num_tokens=mask.sum(), num_sequences=B, entropy_threshold=thr)
+    thr, kept = None, None
+    if cfg.top_entropy_quantile < 1:
+        thr = entropy_threshold(ent, mask, cfg.top_entropy_quantile)
+        kept = high_entropy_mask(ent, mask, cfg.top_entropy_quantile, thr).sum()
+    counts = GlobalCounts(
+        num_tokens=mask.sum(), num_sequences=B, entropy_threshold=thr, num_entropy_tokens=kept
+    )
     leaf = logps.clone().requires_grad_(True)
     ent_leaf = ent.clone().requires_grad_(True)
     total = torch.zeros((), dtype=D)

@@ -292,6 +292,34 @@ def test_entropy_bonus_subtracts_coef_times_token_mean_entropy():
     assert torch.allclose(ent.grad, -0.01 * t(MASK) / 5)
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "cispo"])
+def test_token_mean_leaves_out_masked_truncated_rows(loss_type):
+    # row 1 was truncated and masked (mask_truncated_completions): its tokens are not in the count
+    mask = [[1, 1, 1], [0, 0, 0]]
+    b = batch(old=None, mask=mask)
+    cfg = PolicyLossConfig(loss_type=loss_type, epsilon_high=5.0 if loss_type == "cispo" else None)
+    out = policy_loss(b, cfg, GlobalCounts.from_mask(t(mask)))
+    # on-policy: ratio 1, so dapo's token loss is -A and cispo's is -A * logp
+    per_token = [-ADV[0]] * 3 if loss_type == "dapo" else [-ADV[0] * lp for lp in LP[0]]
+    assert out.loss.item() == pytest.approx(sum(per_token) / 3, rel=1e-12)
+
+
+def test_entropy_bonus_with_entropy_mask_averages_over_the_kept_tokens():
+    # quantile 0.4 of the five active entropies keeps 2.0 and 1.5 (see the mask test above)
+    ent = t([[0.1, 2.0, 0.5], [1.5, 0.2, 9.0]]).requires_grad_(True)
+    keep = [[0, 1, 0], [1, 0, 0]]
+    cfg = PolicyLossConfig(loss_type="dapo", top_entropy_quantile=0.4, entropy_coef=0.01)
+    b = batch(entropies=ent)
+    out = policy_loss(b, cfg, counts())
+    assert (out.metrics["policy/policy_loss"] - out.loss).item() == pytest.approx(0.01 * (2.0 + 1.5) / 2)
+    out.loss.backward()
+    assert torch.allclose(ent.grad, -0.01 * t(keep) / 2)
+    # a micro-batch of a larger step divides by the step's kept count, not its own
+    b2 = batch(entropies=ent.detach().clone())
+    out2 = policy_loss(b2, cfg, counts(entropy_threshold=t(1.2), num_entropy_tokens=7))
+    assert (out2.metrics["policy/policy_loss"] - out2.loss).item() == pytest.approx(0.01 * (2.0 + 1.5) / 7)
+
+
 def test_off_policy_mask_drops_negative_sequences_that_drifted():
     # row 1 has A < 0 and mean(old - logp) = ((-0.3+0.3) + (-0.9+1.2)) / 2 = 0.15 > 0.05 -> dropped
     cfg = PolicyLossConfig(loss_type="grpo", off_policy_mask_threshold=0.05)
