@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.openapi import install_openapi
 from api.routes import catalog, files, health, jobs, me, presets
 from api.web import install_web
 from core.celery_app import configure_celery
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     install_error_handlers(app)
+    install_openapi(app)
     for module in (jobs, files, presets, catalog, me, health):
         app.include_router(module.router)
 

@@ -1,4 +1,8 @@
-"""Response schemas (what clients can rely on). Requests are job-spec dicts validated by `engine.spec`."""
+"""Response schemas (what clients can rely on), and the documented shape of a job request.
+
+Job requests are read as plain dicts and validated by `engine.spec` (so that every error names its field
+the same way); `JobRequest` only publishes their shape in the OpenAPI document.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,36 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.states import JobStatus
+from engine.spec import DatasetSpec, HardwareSpec, JobSpec, LoraSpec
+from engine.spec.base import DistributedSpec
 from engine.spec.estimate import Estimate
+from engine.spec.grpo import RewardFuncSpec
 from engine.spec.warnings import SpecWarning
+
+
+class PresetJobRequest(BaseModel):
+    """A paper preset plus what the request adds: the preset fixes the algorithm and its config; `config`
+    overrides keys of it; job-level keys replace the preset's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(description="preset id (GET /v1/presets)")
+    algorithm: str | None = Field(None, description="optional; must be the preset's algorithm")
+    name: str | None = Field(None, max_length=200)
+    model: str = Field(description="HF id, local path, 'bundled:smollm2-135m-instruct' or 'tiny:llama'")
+    dataset: DatasetSpec
+    eval_dataset: DatasetSpec | None = None
+    hardware: HardwareSpec | None = None
+    peft_config: LoraSpec | None = None
+    distributed: DistributedSpec | None = None
+    reward_funcs: list[RewardFuncSpec] | None = None
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the preset's config (fields of its algorithm's config)",
+    )
+
+
+JobRequest = JobSpec | PresetJobRequest
 
 
 class _Out(BaseModel):
