@@ -9,11 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.background import BackgroundTask
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ApiError, ErrorBody
 from api.schemas import CheckpointList, DryRun, EventPage, JobDetail, JobList, JobSummary, MetricsOut
+from api.services import idempotency
 from api.services import jobs as service
 from api.services.stream import event_stream
 
@@ -46,15 +48,39 @@ SPEC_EXAMPLES = {
 }
 
 
-@router.post("", status_code=201, response_model=JobDetail, operation_id="create_job")
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobDetail,
+    operation_id="create_job",
+    responses={409: {"model": ErrorBody}},
+)
 def create_job(
     session: SessionDep,
     user: PrincipalDep,
     settings: SettingsDep,
     body: Annotated[dict[str, Any], Body(openapi_examples=SPEC_EXAMPLES)],
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> Any:
-    """Submit a job: a full spec, or `{"preset": id, ...}` whose `config` overrides the preset's."""
-    return service.submit_job(session, user, body, settings)
+    """Submit a job: a full spec, or `{"preset": id, ...}` whose `config` overrides the preset's.
+
+    With an `Idempotency-Key`, sending the same body again returns the job the first request created;
+    the same key with another body is a 409."""
+    key = idempotency.check_key(idempotency_key)
+    if key is None:
+        return service.submit_job(session, user, body, settings)
+    digest = idempotency.json_digest(body)
+    for _ in range(2):
+        replay = idempotency.find(session, user, "jobs", key, digest)
+        if replay is not None:
+            return service.get_job(session, user, replay)
+        try:
+            return service.submit_job(session, user, body, settings, idempotency_key=key)
+        except IntegrityError:  # a concurrent request with the same key won: replay its job
+            session.rollback()
+    raise ApiError(
+        409, "idempotency_conflict", "the key is in use by a concurrent request", param="Idempotency-Key"
+    )
 
 
 @router.post(":validate", response_model=DryRun, operation_id="validate_job")

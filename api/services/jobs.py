@@ -21,6 +21,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
+from api.services import idempotency
 from core.models import Job, JobEvent, UploadedFile, User, utcnow
 from core.settings import Settings
 from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
@@ -164,8 +165,12 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
     return Submission(spec=spec, preset=preset, resolved=resolved)
 
 
-def submit_job(session: Session, user: User, body: dict[str, Any], settings: Settings) -> Job:
-    """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job."""
+def submit_job(
+    session: Session, user: User, body: dict[str, Any], settings: Settings, idempotency_key: str | None = None
+) -> Job:
+    """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job.
+
+    With `idempotency_key` the key is stored in the same transaction (`api.services.idempotency`)."""
     sub = resolve_submission(session, user, body, settings)
     spec, preset = sub.spec, sub.preset
     job = Job(
@@ -183,6 +188,8 @@ def submit_job(session: Session, user: User, body: dict[str, Any], settings: Set
     session.flush()  # assigns the id
     job.output_dir = str(settings.jobs_dir / job.id)
     record_created(session, job, reason="submitted")
+    if idempotency_key:
+        idempotency.remember(session, user, "jobs", idempotency_key, idempotency.json_digest(body), job.id)
     enqueue(session, job)
     session.commit()
     return job

@@ -12,7 +12,16 @@ from sqlalchemy import inspect
 from core.db import check_migrated, make_engine, migrate
 from core.models import Base
 
-TABLES = {"users", "api_tokens", "jobs", "job_transitions", "job_events", "uploaded_files", "alembic_version"}
+TABLES = {
+    "users",
+    "api_tokens",
+    "jobs",
+    "job_transitions",
+    "job_events",
+    "uploaded_files",
+    "idempotency_keys",
+    "alembic_version",
+}
 
 
 def _assert_schema_matches_models(url: str) -> None:
