@@ -214,20 +214,36 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def _lora_config(lora: Any) -> Any:
-    from peft import LoraConfig, TaskType
+def lora_config(lora: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """A peft `LoraConfig` from a job's `peft_config`. `target_modules` unset keeps peft's default for the
+    architecture (Llama: q_proj and v_proj, as in the LoRA paper); "all-linear" is an explicit choice."""
+    from peft import LoraConfig
 
-    target = lora.target_modules
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=task_type,
         r=lora.r,
         lora_alpha=lora.lora_alpha,
         lora_dropout=lora.lora_dropout,
-        target_modules=target if target is not None else "all-linear",
+        target_modules=lora.target_modules,
         bias=lora.bias,
         use_rslora=lora.use_rslora,
         modules_to_save=lora.modules_to_save,
     )
+
+
+def add_lora(model: Any, lora: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """`get_peft_model` with a clear error when peft has no default target modules for the architecture."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(lora, task_type))
+    except ValueError as exc:
+        if lora.target_modules is None and "target_modules" in str(exc):
+            raise ValueError(
+                "peft_config.target_modules: peft has no default target modules for this architecture; "
+                'name them (e.g. ["q_proj", "v_proj"]) or use "all-linear"'
+            ) from None
+        raise
 
 
 def load_policy(
@@ -248,11 +264,9 @@ def load_policy(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None:
-        from peft import get_peft_model
-
         if getattr(cfg, "gradient_checkpointing", False):
             model.enable_input_require_grads()
-        model = get_peft_model(model, _lora_config(lora))  # adapters are cast to float32 by peft
+        model = add_lora(model, lora)  # adapters are cast to float32 by peft
     return model.to(device)
 
 

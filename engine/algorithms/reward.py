@@ -41,7 +41,14 @@ from engine.data.reward_pairs import (
     tokenize_reward_pairs,
 )
 from engine.losses import reward_loss
-from engine.models import TINY_SEED, build_tiny_model, disable_dropout, load_tokenizer, resolve_model_path
+from engine.models import (
+    TINY_SEED,
+    add_lora,
+    build_tiny_model,
+    disable_dropout,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 
 def build_tiny_classifier(model_ref: str = "tiny:llama") -> Any:
@@ -61,21 +68,11 @@ def build_tiny_classifier(model_ref: str = "tiny:llama") -> Any:
 
 
 def _lora(model: Any, lora: Any, gradient_checkpointing: bool) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model
-
     if gradient_checkpointing:
         model.enable_input_require_grads()
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # peft adds the `score` head to modules_to_save: it trains in full
-        r=lora.r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=lora.target_modules if lora.target_modules is not None else "all-linear",
-        bias=lora.bias,
-        use_rslora=lora.use_rslora,
-        modules_to_save=lora.modules_to_save,
-    )
-    return get_peft_model(model, config)
+    return add_lora(
+        model, lora, "SEQ_CLS"
+    )  # peft adds the `score` head to modules_to_save: it trains in full
 
 
 def load_reward_model(

@@ -39,7 +39,7 @@ class PolicyLossConfig:
     """The loss-relevant fields of a `GRPOConfig` (TRL names; seed-era defaults).
 
     `vllm_is_correction` is already `use_vllm and vllm_importance_sampling_correction`;
-    `vllm_is_clip_max` already resolves the seed-era `vllm_importance_sampling_cap`.
+    `vllm_is_clip_max` is `vllm_importance_sampling_clip_max` (the spec stores the older `..._cap` there).
     `entropy_coef` is the coefficient in force for this step (adaptive entropy: the loop replaces it).
     """
 
@@ -97,7 +97,7 @@ class PolicyLossConfig:
             return getattr(config, name, default)
 
         is_rloo = not hasattr(config, "loss_type")
-        clip_max = get("effective_is_clip_max", get("vllm_importance_sampling_clip_max", 3.0))
+        clip_max = get("vllm_importance_sampling_clip_max", 3.0)
         return cls(
             loss_type="rloo" if is_rloo else config.loss_type,
             epsilon=get("epsilon", 0.2),

@@ -174,7 +174,11 @@ class LoraSpec(StrictModel):
     r: int = Field(8, ge=1)
     lora_alpha: int = Field(8, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | str | None = None
+    target_modules: list[str] | str | None = Field(
+        None,
+        description="unset: peft's default for the architecture (Llama: q_proj, v_proj); "
+        '"all-linear" for every linear layer, or a list of module names',
+    )
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None

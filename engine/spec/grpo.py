@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,7 +37,12 @@ class GenerationArgs(TrainingArgs):
     vllm_importance_sampling_mode: Literal[
         "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
     ] = "sequence_mask"
-    vllm_importance_sampling_cap: float | None = Field(None, gt=0, description="seed-era name of clip_max")
+    vllm_importance_sampling_cap: float | None = Field(
+        None,
+        gt=0,
+        exclude=True,
+        description="older name of vllm_importance_sampling_clip_max: its value is stored there",
+    )
     vllm_importance_sampling_clip_max: float | None = Field(3.0, gt=0)
     vllm_importance_sampling_clip_min: float | None = Field(None, ge=0)
     sync_ref_model: bool = False
@@ -47,6 +52,25 @@ class GenerationArgs(TrainingArgs):
     log_completions: bool = True
     num_completions_to_print: int | None = Field(4, ge=0)
     remove_unused_columns: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_is_cap(cls, data: Any) -> Any:
+        """The older `vllm_importance_sampling_cap` is stored as `..._clip_max`: one value, one field."""
+        if not isinstance(data, dict) or data.get("vllm_importance_sampling_cap") is None:
+            return data
+        cap = data["vllm_importance_sampling_cap"]
+        clip_max = data.get("vllm_importance_sampling_clip_max")
+        if clip_max is not None and clip_max != cap:
+            raise SpecError(
+                "vllm_importance_sampling_cap",
+                f"vllm_importance_sampling_cap={cap} and vllm_importance_sampling_clip_max={clip_max} "
+                "name the same bound; set only vllm_importance_sampling_clip_max",
+            )
+        data = dict(data)
+        data["vllm_importance_sampling_clip_max"] = cap
+        data["vllm_importance_sampling_cap"] = None
+        return data
 
     @model_validator(mode="after")
     def _batching(self) -> GenerationArgs:
@@ -81,7 +105,7 @@ class GenerationArgs(TrainingArgs):
                 sorted(vllm_fields)[0],
                 f"{sorted(vllm_fields)[0]} only applies with use_vllm=True (vLLM generation)",
             )
-        lo, hi = self.vllm_importance_sampling_clip_min, self.effective_is_clip_max
+        lo, hi = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
         if lo is not None and hi is not None and lo >= hi:
             raise SpecError(
                 "vllm_importance_sampling_clip_min",
@@ -98,12 +122,6 @@ class GenerationArgs(TrainingArgs):
         if self.generation_batch_size is not None:
             return max(1, self.generation_batch_size // self.per_device_train_batch_size)
         return self.gradient_accumulation_steps
-
-    @property
-    def effective_is_clip_max(self) -> float | None:
-        if self.vllm_importance_sampling_cap is not None:
-            return self.vllm_importance_sampling_cap
-        return self.vllm_importance_sampling_clip_max
 
 
 class GRPOConfig(GenerationArgs):
@@ -275,8 +293,14 @@ class RewardFuncSpec(StrictModel):
         "reward_model",
         "http",
     ]
-    max_completion_len: int | None = Field(None, ge=1)
-    soft_punish_cache: int | None = Field(None, ge=0)
+    max_completion_len: int | None = Field(
+        None, ge=1, description="soft_overlong_punishment: unset = the job's max_completion_length"
+    )
+    soft_punish_cache: int | None = Field(
+        None,
+        ge=0,
+        description="soft_overlong_punishment: unset = a fifth of a derived max_completion_len, else 0",
+    )
     ngram_size: int = Field(3, ge=1)
     max_penalty: float = Field(-1.0, le=0)
     max_len: int | None = Field(None, ge=1)
@@ -286,10 +310,12 @@ class RewardFuncSpec(StrictModel):
 
     @model_validator(mode="after")
     def _params(self) -> RewardFuncSpec:
-        if self.name == "soft_overlong_punishment" and self.max_completion_len is None:
+        cache, limit = self.soft_punish_cache, self.max_completion_len
+        if self.name == "soft_overlong_punishment" and None not in (cache, limit) and cache > limit:
             raise SpecError(
-                "max_completion_len",
-                "soft_overlong_punishment needs max_completion_len (and soft_punish_cache)",
+                "soft_punish_cache",
+                f"soft_punish_cache={cache} must not exceed max_completion_len={limit} "
+                "(DAPO uses 4,096 of 20,480; leave both unset to derive them from max_completion_length)",
             )
         if self.name == "reward_model" and not self.model:
             raise SpecError(
@@ -301,3 +327,18 @@ class RewardFuncSpec(StrictModel):
 
 
 assert set(RewardFuncSpec.model_fields["name"].annotation.__args__) == set(REWARD_FUNCS)  # type: ignore[union-attr]
+
+
+def derive_overlong_lengths(func: dict[str, Any], max_completion_length: int) -> dict[str, Any]:
+    """A soft_overlong_punishment entry with its lengths written out (other entries unchanged).
+
+    max_completion_len unset: the job's max_completion_length, so the punishment follows a budget the
+    user changes; soft_punish_cache unset with it: a fifth of that length (DAPO's 4,096 of 20,480).
+    An explicit max_completion_len keeps its meaning, with cache 0 (a hard cut) unless given.
+    """
+    if func.get("name") != "soft_overlong_punishment" or func.get("max_completion_len") is not None:
+        return func
+    out = dict(func, max_completion_len=max_completion_length)
+    if out.get("soft_punish_cache") is None:
+        out["soft_punish_cache"] = max_completion_length // 5
+    return out

@@ -17,7 +17,15 @@ from engine.spec.base import (
     StrictModel,
     check_model_ref,
 )
-from engine.spec.grpo import GFPOConfig, GRPOConfig, MiniLLMConfig, PAPOConfig, RewardFuncSpec, RLOOConfig
+from engine.spec.grpo import (
+    GFPOConfig,
+    GRPOConfig,
+    MiniLLMConfig,
+    PAPOConfig,
+    RewardFuncSpec,
+    RLOOConfig,
+    derive_overlong_lengths,
+)
 from engine.spec.offline import (
     BCOConfig,
     CPOConfig,
@@ -82,6 +90,27 @@ class _JobBase(StrictModel):
 
 class _OnlineJob(_JobBase):
     reward_funcs: list[RewardFuncSpec] = Field(default_factory=lambda: [RewardFuncSpec(name="accuracy")])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overlong_lengths(cls, data: Any) -> Any:
+        """Write out the lengths soft_overlong_punishment derives from config.max_completion_length."""
+        if not isinstance(data, dict) or not isinstance(data.get("reward_funcs"), list):
+            return data
+        config = data.get("config")
+        budget = (
+            config.get("max_completion_length")
+            if isinstance(config, dict)
+            else getattr(config, "max_completion_length", None)
+        )
+        if budget is None:
+            budget = cls.model_fields["config"].annotation.model_fields["max_completion_length"].default
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+            return data  # the config's own validation names the field
+        funcs = [
+            derive_overlong_lengths(f, budget) if isinstance(f, dict) else f for f in data["reward_funcs"]
+        ]
+        return {**data, "reward_funcs": funcs}
 
     @model_validator(mode="after")
     def _weights(self) -> _OnlineJob:

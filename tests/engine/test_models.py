@@ -91,3 +91,40 @@ def test_lora_reference_is_the_policy_with_the_adapter_disabled():
     assert policy.training  # mode restored after the context
     assert torch.allclose(disabled, expected, atol=1e-5)
     assert not torch.allclose(adapted, expected, atol=1e-3)
+
+
+def _lora_targets(model) -> set[str]:
+    return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+
+
+def test_lora_without_target_modules_keeps_peft_default():
+    # peft's default for Llama, the LoRA paper's W_q and W_v; all-linear only when asked for
+    assert _lora_targets(load_policy(_spec(peft_config={}))) == {"q_proj", "v_proj"}
+    explicit = load_policy(_spec(peft_config={"target_modules": "all-linear"}))
+    assert _lora_targets(explicit) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+
+
+def test_reward_model_lora_keeps_peft_default():
+    from engine.algorithms.reward import load_reward_model
+
+    spec = parse_job_spec(
+        {
+            "algorithm": "reward",
+            "model": "tiny:llama",
+            "dataset": {"builtin": "preferences"},
+            "peft_config": {},
+        }
+    )
+    model = load_reward_model(spec, build_tiny_tokenizer(), "cpu", torch.float32)
+    assert _lora_targets(model) == {"q_proj", "v_proj"}
+    assert any(
+        "score" in n and p.requires_grad for n, p in model.named_parameters()
+    )  # the head trains in full

@@ -1,0 +1,69 @@
+"""Presets do what their notes say: the values they resolve to, and the notes' claims about them."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from engine.presets import apply_preset, load_presets
+from engine.spec import parse_job_spec, resolve
+
+GPU = {"hardware": {"accelerator": "gpu", "gpus": 1}}
+
+
+def preset_spec(preset_id: str, **request):
+    request = {"model": "tiny:llama", "dataset": {"builtin": "arithmetic"}, **request}
+    return parse_job_spec(apply_preset(load_presets()[preset_id], request))
+
+
+def test_dr_grpo_removes_the_std_normalisation_it_promises():
+    spec = preset_spec("dr-grpo")
+    assert spec.config.scale_rewards == "none"
+    assert spec.config.loss_type == "dr_grpo"
+    assert "scale_rewards: none" in load_presets()["dr-grpo"].notes
+
+
+def test_deepseekmath_note_matches_what_its_values_do():
+    from engine.algorithms.grpo import Plan
+
+    preset = load_presets()["grpo-deepseekmath"]
+    plan = Plan.from_config(preset_spec("grpo-deepseekmath").config)
+    # 4 x 16 completions per generation, 128 micro-steps per optimizer step = 8 whole generations
+    assert plan.batch_size * plan.steps_per_generation == 64
+    assert plan.grad_accum // plan.steps_per_generation == 8
+    assert not plan.needs_old_logps  # every update is on-policy
+    assert "on-policy" in preset.notes
+    # the note's recipe for the report's 16 updates per rollout of 8,192 outputs
+    paper = Plan.from_config(preset_spec("grpo-deepseekmath", config={"steps_per_generation": 2048}).config)
+    assert paper.batch_size * paper.steps_per_generation == 8192
+    assert paper.steps_per_generation // paper.grad_accum == 16 and paper.needs_old_logps
+    assert "steps_per_generation: 2048" in preset.notes
+
+
+@pytest.mark.parametrize("preset_id", ["truncated-is", "masked-is"])
+def test_importance_sampling_cap_is_stored_once(preset_id):
+    spec = preset_spec(preset_id)
+    config = resolve(spec)["config"]
+    assert "vllm_importance_sampling_cap" not in config
+    assert config["vllm_importance_sampling_clip_max"] == 2.0
+
+
+def test_the_older_cap_name_is_stored_as_clip_max():
+    raw = {
+        "algorithm": "grpo",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "arithmetic"},
+        **GPU,
+        "config": {"use_vllm": True, "vllm_importance_sampling_cap": 2.0},
+    }
+    spec = parse_job_spec(raw)
+    assert spec.config.vllm_importance_sampling_clip_max == 2.0
+    assert resolve(spec)["config"]["vllm_importance_sampling_clip_max"] == 2.0
+    assert parse_job_spec(resolve(spec)).config.vllm_importance_sampling_clip_max == 2.0  # round trip
+
+    from engine.losses import PolicyLossConfig
+
+    assert PolicyLossConfig.from_spec(spec.config).vllm_is_clip_max == 2.0
+    raw["config"]["vllm_importance_sampling_clip_max"] = 3.0
+    with pytest.raises(pydantic.ValidationError, match="set only vllm_importance_sampling_clip_max"):
+        parse_job_spec(raw)
