@@ -87,9 +87,30 @@ def _warmup_covers_training(spec: Any) -> Iterator[SpecWarning]:
         )
 
 
+def _overlong_punishment_never_fires(spec: Any) -> Iterator[SpecWarning]:
+    if spec.algorithm not in ONLINE_ALGORITHMS:
+        return
+    budget = spec.config.max_completion_length
+    for i, func in enumerate(spec.reward_funcs):
+        if func.name != "soft_overlong_punishment" or func.max_completion_len is None:
+            continue
+        start = func.max_completion_len - (func.soft_punish_cache or 0)
+        if budget <= start:
+            yield SpecWarning(
+                code="overlong_punishment_never_fires",
+                message=(
+                    f"soft_overlong_punishment is always 0: completions stop at max_completion_length={budget}, "
+                    f"before its window starts at max_completion_len - soft_punish_cache = {start}; leave "
+                    "max_completion_len and soft_punish_cache unset to follow max_completion_length"
+                ),
+                param=f"reward_funcs.{i}.max_completion_len",
+            )
+
+
 RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _completions_truncated,
     _warmup_covers_training,
+    _overlong_punishment_never_fires,
 ]
 
 

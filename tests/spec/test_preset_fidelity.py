@@ -67,3 +67,30 @@ def test_the_older_cap_name_is_stored_as_clip_max():
     raw["config"]["vllm_importance_sampling_clip_max"] = 3.0
     with pytest.raises(pydantic.ValidationError, match="set only vllm_importance_sampling_clip_max"):
         parse_job_spec(raw)
+
+
+def _overlong(spec):
+    (func,) = [f for f in spec.reward_funcs if f.name == "soft_overlong_punishment"]
+    return func.max_completion_len, func.soft_punish_cache
+
+
+@pytest.mark.parametrize("preset_id", ["dapo", "entropy-80-20"])
+def test_overlong_punishment_follows_max_completion_length(preset_id):
+    assert _overlong(preset_spec(preset_id)) == (20480, 4096)  # the paper's values at the paper's budget
+    small = preset_spec(preset_id, config={"max_completion_length": 8, "per_device_train_batch_size": 16})
+    assert _overlong(small) == (8, 1)  # punished from 7 tokens on, -1 at the limit
+    assert resolve(small)["reward_funcs"][1]["max_completion_len"] == 8
+    from engine.spec.warnings import spec_warnings
+
+    assert "overlong_punishment_never_fires" not in [w.code for w in spec_warnings(small)]
+
+
+def test_explicit_overlong_lengths_are_kept_and_checked():
+    body = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+    spec = parse_job_spec(
+        {**body, "reward_funcs": [{"name": "soft_overlong_punishment", "max_completion_len": 10}]}
+    )
+    assert _overlong(spec) == (10, None)  # an explicit length keeps the hard cut (cache 0)
+    too_big = {"name": "soft_overlong_punishment", "max_completion_len": 10, "soft_punish_cache": 11}
+    with pytest.raises(pydantic.ValidationError, match="soft_punish_cache=11 must not exceed"):
+        parse_job_spec({**body, "reward_funcs": [too_big]})

@@ -109,3 +109,28 @@ def test_estimate_without_a_row_count_has_no_steps() -> None:
     spec = parse_job_spec({"algorithm": "sft", "model": "tiny:llama", "dataset": {"path": "/data/x.jsonl"}})
     est = estimate_job(spec)
     assert est.steps is None and est.max_tokens is None and "unknown" in est.basis
+
+
+def test_overlong_punishment_that_can_never_fire_warns() -> None:
+    # the paper's 20,480 / 4,096 with an 8-token budget: completions never reach the window at 16,384
+    spec = parse_job_spec(
+        {
+            **ARITH,
+            "reward_funcs": [
+                {"name": "accuracy"},
+                {"name": "soft_overlong_punishment", "max_completion_len": 20480, "soft_punish_cache": 4096},
+            ],
+            "config": {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 8},
+        }
+    )
+    (w,) = [w for w in spec_warnings(spec) if w.code == "overlong_punishment_never_fires"]
+    assert w.param == "reward_funcs.1.max_completion_len"
+    assert "16384" in w.message and "max_completion_length=8" in w.message
+    derived = parse_job_spec(
+        {
+            **ARITH,
+            "reward_funcs": [{"name": "soft_overlong_punishment"}],
+            "config": {"max_completion_length": 8},
+        }
+    )
+    assert "overlong_punishment_never_fires" not in _codes(derived)
