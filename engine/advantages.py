@@ -217,6 +217,26 @@ def zero_variance_groups(rewards: Tensor, num_generations: int, atol: float = 1e
     return (valid.sum(dim=1) < 2) | ((hi - lo) <= atol)
 
 
+# Rewards that score length or repetition, not the answer: DAPO's dynamic sampling looks past them.
+SHAPING_REWARDS = frozenset({"soft_overlong_punishment", "repetition_penalty"})
+
+
+def accuracy_rewards(
+    per_func: Tensor, names: list[str], weights: Tensor | list[float] | None = None
+) -> Tensor:
+    """(N, K) rewards -> (N,) the weighted sum of the functions that judge the answer (all but
+    `SHAPING_REWARDS`; every function when only shaping rewards are named).
+
+    DAPO's dynamic sampling drops groups whose *accuracy* is all 0 or all 1: a length punishment that
+    differs inside a group would otherwise keep a group with no signal about the answer.
+    """
+    if len(names) != per_func.shape[1]:
+        raise ValueError(f"{len(names)} reward names for {per_func.shape[1]} reward columns")
+    cols = [k for k, name in enumerate(names) if name not in SHAPING_REWARDS] or list(range(len(names)))
+    w = None if weights is None else torch.as_tensor(weights, dtype=per_func.dtype)[cols]
+    return combine_rewards(per_func[:, cols], w, "sum_then_normalize")
+
+
 def gfpo_keep_mask(
     num_generations: int,
     num_remains_in_group: int,

@@ -215,6 +215,7 @@ class GRPOTrainer:
             spec.reward_funcs,
             RewardContext(max_completion_length=cfg.max_completion_length, device=ctx.device),
         )
+        self.reward_names = [r.name for r in spec.reward_funcs]
         self.reward_weights = torch.tensor(
             cfg.reward_weights or [1.0] * len(self.reward_funcs), dtype=torch.float32
         )
@@ -295,7 +296,7 @@ class GRPOTrainer:
         need = self.plan.prompts_per_generation
         kept: list[Sampled] = []
         spare: list[Sampled] = []
-        have, rounds, groups_seen, zero_std_seen = 0, 0, 0, 0
+        have, rounds, groups_seen, zero_std_seen, padded = 0, 0, 0, 0, 0
         while have < need:
             rounds += 1
             part = self._sample(self.sampler.take(need - have))
@@ -306,6 +307,8 @@ class GRPOTrainer:
             if not dynamic_sampling:
                 kept.append(part)
                 break
+            solved = adv_lib.accuracy_rewards(part.rewards, self.reward_names, self.reward_weights)
+            flat = adv_lib.zero_variance_groups(solved, G).tolist()
             good = [g for g, f in enumerate(flat) if not f]
             bad = [g for g, f in enumerate(flat) if f]
             if good:
@@ -314,16 +317,23 @@ class GRPOTrainer:
             if bad:
                 spare.append(part.select(_group_rows(bad, G)))
             if rounds >= _option(self.cfg, "max_dynamic_sampling_rounds") and have < need:
-                # Out of rounds: fill up with zero-variance groups (advantage 0) to keep the batch size.
+                # Out of rounds: fill up with groups of equal accuracy to keep the batch size, and say so.
+                padded = need - have
                 for extra in spare:
                     take = min(need - have, len(extra) // G)
                     if take:
                         kept.append(extra.select(range(take * G)))
                         have += take
+                self.ctx.events.log(
+                    f"dynamic sampling: {padded} of {need} groups have equal accuracy after {rounds} rounds "
+                    "(max_dynamic_sampling_rounds); the batch is filled with them and they add no policy gradient",
+                    level="warning",
+                )
                 break
         metrics = {"rollout/frac_reward_zero_std": zero_std_seen / max(1, groups_seen)}
         if dynamic_sampling:
             metrics["rollout/dynamic_sampling_rounds"] = float(rounds)
+            metrics["rollout/dynamic_sampling_padded_groups"] = float(padded)
         return self._score(Sampled.concat(kept, self.pad_id), metrics)
 
     def _score(self, part: Sampled, metrics: dict[str, float]) -> ScoredRollout:

@@ -258,6 +258,31 @@ def test_dynamic_sampling_generates_again_up_to_the_round_limit(tmp_path):
     m = metrics_of(events_of(stream))[0]
     assert m["rollout/dynamic_sampling_rounds"] == 3 and m["rollout/frac_reward_zero_std"] == 1.0
     assert len(t.last_rollout) == 4  # the batch was filled up with zero-variance groups
+    assert m["rollout/dynamic_sampling_padded_groups"] == 2  # ... and it says so
+    (warning,) = [e for e in events_of(stream) if e["type"] == "log" and "dynamic sampling" in e["message"]]
+    assert warning["level"] == "warning" and "2 of 2 groups" in warning["message"]
+
+
+def test_dynamic_sampling_filters_on_accuracy_not_on_the_length_punishment(tmp_path):
+    t, _ = trainer(
+        tmp_path,
+        {"dynamic_sampling": True, "max_dynamic_sampling_rounds": 2, "max_steps": 1},
+        reward_funcs=[{"name": "accuracy"}, {"name": "soft_overlong_punishment"}],
+    )
+
+    def wrong(prompts, completions, completion_ids, **columns):
+        return [0.0] * len(completions)
+
+    def punished(prompts, completions, completion_ids, **columns):
+        return [-(i % 2) * 0.5 for i in range(len(completions))]  # differs inside every group
+
+    wrong.name, punished.name = "accuracy", "soft_overlong_punishment"
+    t.reward_funcs = [wrong, punished]
+    rollout = t.generate()
+    # every group is all wrong: no accuracy signal, so both rounds run and the batch is padded
+    assert t.counters.generations == 2
+    assert rollout.metrics["rollout/dynamic_sampling_padded_groups"] == 2
+    assert rollout.metrics["rollout/frac_reward_zero_std"] == 0.0  # the trained reward does vary
 
 
 def test_reward_mean_is_the_raw_weighted_reward_under_normalize_then_sum(tmp_path):

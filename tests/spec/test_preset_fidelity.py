@@ -94,3 +94,9 @@ def test_explicit_overlong_lengths_are_kept_and_checked():
     too_big = {"name": "soft_overlong_punishment", "max_completion_len": 10, "soft_punish_cache": 11}
     with pytest.raises(pydantic.ValidationError, match="soft_punish_cache=11 must not exceed"):
         parse_job_spec({**body, "reward_funcs": [too_big]})
+
+
+@pytest.mark.parametrize("preset_id", ["dapo", "entropy-80-20"])
+def test_dapo_presets_sample_dynamically_and_say_so(preset_id):
+    assert preset_spec(preset_id).config.dynamic_sampling is True
+    assert "dynamic" in load_presets()[preset_id].notes.lower()
