@@ -8,6 +8,7 @@ A loop is built from these pieces (see `sft.py`, `dpo.py`):
     StepMetrics(device)                         on-device accumulation, one host transfer per log
     Checkpointer(out_dir / "checkpoints", ...)  model/adapter + optimizer + scheduler + RNG + data position
     run_offline_loop(ctx, parts)                the gradient-accumulation loop for offline algorithms
+                                                (each optimizer step: `engine.algorithms.step`)
 
 Losses are not computed here: they come from `engine.losses`, already normalised by the global count of
 the whole optimizer step, so the loop backwards each micro-batch loss as is and never divides by
@@ -468,80 +469,47 @@ class OfflineParts:
     evaluate: Callable[[], dict[str, float]] | None = None
 
 
-def run_offline_loop(ctx: TrainContext, parts: OfflineParts) -> Path:
-    """Gradient accumulation, clipping, optimizer + schedule, events, checkpoints, resume. Returns DIR/final."""
+def run_offline_loop(
+    ctx: TrainContext, parts: OfflineParts, reference: torch.nn.Module | None = None
+) -> Path:
+    """Gradient accumulation over the stream's micro-batches, each optimizer step taken by `OptimizerStep`
+    (which also mixes `reference` when the config asks for `sync_ref_model`). Returns DIR/final."""
+    from engine.algorithms.step import OptimizerStep
+
     cfg = ctx.spec.config
-    model = parts.model
     ga = cfg.gradient_accumulation_steps
     total = total_optimizer_steps(cfg, parts.stream.batches_per_epoch)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)
-    checkpointer = Checkpointer(ctx.out_dir / "checkpoints", cfg.save_total_limit)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    step = 0
-    if ctx.resume:
-        latest = checkpointer.latest()
-        if latest is None:
-            ctx.events.log("resume requested but no checkpoint found; starting from step 0", level="warning")
-        else:
-            state = checkpointer.load(latest, model, optimizer, scheduler, scaler, map_location=ctx.device)
-            step = ctx.step = int(state["step"])
-            if state.get("data_position"):
-                parts.stream.restore(state["data_position"])
-            if parts.load_state_dict is not None:
-                parts.load_state_dict(state.get("algorithm_state") or {})
-            if parts.on_resume is not None:
-                parts.on_resume(step)
-            ctx.events.log(f"resumed from {latest} at step {step}")
+    stepper = OptimizerStep(ctx, parts.model, parts.tokenizer, total, reference=reference)
+    state = stepper.resume()
+    if state is not None:
+        if state.get("data_position"):
+            parts.stream.restore(state["data_position"])
+        if parts.load_state_dict is not None:
+            parts.load_state_dict(state.get("algorithm_state") or {})
+        if parts.on_resume is not None:
+            parts.on_resume(stepper.step_count)
 
     metrics = StepMetrics(ctx.device)
-    model.train()
-    while step < total:
+    parts.model.train()
+    while not stepper.done:
         batches = [parts.collate(idx) for idx in parts.stream.take(ga)]
         counts = parts.counts(batches)
         for batch in batches:
             ctx.check_stop()
             with ctx.autocast():
                 loss = parts.micro_step(batch, counts, metrics)
-            scaler.scale(loss).backward()
+            stepper.backward(loss)
             metrics.add_sum("train/loss", loss.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = clip_gradients(params, cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ctx.step = step
-        metrics.add_sum("train/grad_norm", grad_norm)
+        stepper.step(metrics)
         metrics.end_step()
+        step = stepper.step_count
         if parts.on_step_end is not None:
             parts.on_step_end(step)
-        ctx.events.progress(step=step, total_steps=total, epoch=parts.stream.epoch_float)
-        if step % cfg.logging_steps == 0 or step == total:
-            metrics.set("train/learning_rate", lr)
-            metrics.set("train/epoch", parts.stream.epoch_float)
-            ctx.events.metrics(step, metrics.compute())
-        if parts.evaluate is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
+        stepper.report(metrics, parts.stream.epoch_float)
+        if parts.evaluate is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or stepper.done):
             ctx.events.metrics(step, parts.evaluate())
-        if step % cfg.save_steps == 0 or step == total:
-            path = checkpointer.save(
-                step,
-                model,
-                parts.tokenizer,
-                optimizer,
-                scheduler,
-                data_position=parts.stream.position,
-                algorithm_state=parts.state_dict() if parts.state_dict else None,
-                scaler=scaler,
-            )
-            ctx.events.checkpoint(step, str(path))
-    from engine.models import save_model
-
-    final = save_model(model, parts.tokenizer, ctx.out_dir / "final")
+        stepper.save_due(parts.stream.position, parts.state_dict() if parts.state_dict else None)
+    final = stepper.save_final()
     if parts.save_extra is not None:
         parts.save_extra(final)
     return final

@@ -8,7 +8,7 @@ per-token log-probs of the completion tokens (`engine.logprobs.token_stats`), su
 a frozen copy of the initial policy, or for LoRA from the policy with its adapter disabled, under
 `torch.inference_mode()`; with `reference_free` no reference is loaded at all, and with
 `precompute_ref_log_probs` they are computed once before training and a separate reference copy is freed.
-`sync_ref_model` (TR-DPO) mixes the policy into the reference every `ref_model_sync_steps` steps. Every
+`sync_ref_model` (TR-DPO) mixes the policy into the reference (in `engine.algorithms.step`). Every
 `loss_type` (list + `loss_weights`), `f_divergence_type`, `use_weighting` (WPO) and `rpo_alpha` is handled
 by `engine.losses.dpo_loss`; this loop only assembles its inputs and logs its metrics (`rewards/*`,
 `logps/*`, `dpo/*`). Not supported yet: `padding_free` (length-bucketed batches are used instead).
@@ -121,13 +121,6 @@ def precompute_reference(
     return out
 
 
-@torch.no_grad()
-def mix_into_reference(ref_model: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
-    """TR-DPO soft update (arXiv 2404.09656): ref <- alpha * policy + (1 - alpha) * ref."""
-    for r, p in zip(ref_model.parameters(), policy.parameters(), strict=True):
-        r.mul_(1.0 - alpha).add_(p.detach().to(r.dtype), alpha=alpha)
-
-
 def _check_options(cfg: Any, spec: Any) -> None:
     if cfg.sync_ref_model and (cfg.reference_free or spec.peft_config is not None):
         raise ValueError(
@@ -212,21 +205,12 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             metrics.add_sum(name, value)
         return out.loss
 
-    def on_step_end(step: int) -> None:
-        if cfg.sync_ref_model and step % cfg.ref_model_sync_steps == 0:
-            mix_into_reference(ref.model, policy, cfg.ref_model_mixup_alpha)
-
     def state_dict() -> dict[str, Any]:
-        out: dict[str, Any] = {"dpo": state.state_dict()}
-        if cfg.sync_ref_model:  # the reference has moved away from the initial weights
-            out["reference"] = {k: v.detach().cpu() for k, v in ref.model.state_dict().items()}
-        return out
+        return {"dpo": state.state_dict()}
 
     def load_state_dict(saved: dict[str, Any]) -> None:
         if "dpo" in saved:
             state.load_state_dict(saved["dpo"])
-        if "reference" in saved and ref is not None:
-            ref.model.load_state_dict(saved["reference"])
 
     evaluate = offline_evaluator(
         ctx,
@@ -247,9 +231,9 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             collate=collate_from(pairs, "train"),
             counts=counts,
             micro_step=micro_step,
-            on_step_end=on_step_end,
             state_dict=state_dict,
             load_state_dict=load_state_dict,
             evaluate=evaluate,
         ),
+        reference=ref.model if ref is not None else None,
     )

@@ -46,16 +46,8 @@ from typing import Any
 import torch
 
 from engine import advantages as adv_lib
-from engine.algorithms.common import (
-    Checkpointer,
-    StepMetrics,
-    TrainContext,
-    build_optimizer,
-    build_scheduler,
-    clip_gradients,
-    seed_everything,
-    total_optimizer_steps,
-)
+from engine.algorithms.common import StepMetrics, TrainContext, seed_everything, total_optimizer_steps
+from engine.algorithms.step import OptimizerStep
 from engine.data import expect_format, load_rows
 from engine.functional import GlobalCounts
 from engine.logprobs import token_logprobs
@@ -513,12 +505,9 @@ class GRPOTrainer:
         ctx, cfg, plan = self.ctx, self.cfg, self.plan
         micro_per_epoch = math.ceil(len(self.rows) / plan.prompts_per_generation) * plan.steps_per_generation
         total = total_optimizer_steps(cfg, micro_per_epoch * plan.num_iterations)
-        optimizer = build_optimizer(self.model, cfg)
-        scheduler = build_scheduler(optimizer, cfg, total)
-        scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)
-        checkpointer = Checkpointer(ctx.out_dir / "checkpoints", cfg.save_total_limit)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        step = ctx.step = self._resume(checkpointer, optimizer, scheduler, scaler)
+        reference = self.reference.model if self.reference is not None else None
+        stepper = OptimizerStep(ctx, self.model, self.tokenizer, total, reference=reference)
+        self._resume(stepper)
         ctx.events.log(
             f"{self.spec.algorithm}: {plan.prompts_per_generation} prompts x {plan.num_generations} "
             "generations per generation, "
@@ -528,109 +517,64 @@ class GRPOTrainer:
         )
         metrics = StepMetrics(ctx.device)
         self.model.train()
-        while step < total:
+        while not stepper.done:
             micro, counts, rollouts = self.step_micro_batches()
             for rollout, rows in micro:
                 ctx.check_stop()
                 loss = self.micro_step(rollout.micro_batch(rows), counts, metrics)
-                scaler.scale(loss).backward()
+                stepper.backward(loss)
                 metrics.add_sum("train/loss", loss.detach())
-            scaler.unscale_(optimizer)
-            grad_norm = clip_gradients(params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            stepper.step(metrics)
             self.weights_changed = True
-            step += 1
-            ctx.step = step
-            metrics.add_sum("train/grad_norm", grad_norm)
             for rollout in rollouts:
                 for name, value in rollout.metrics.items():
                     metrics.add_mean(name, value, 1.0)
             metrics.end_step()
-            self._after_step(step, metrics)
-            ctx.events.progress(step=step, total_steps=total, epoch=self.sampler.epoch_float)
-            if step % cfg.logging_steps == 0 or step == total:
-                metrics.set("train/learning_rate", lr)
-                metrics.set("train/epoch", self.sampler.epoch_float)
-                if self.adaptive_entropy:
-                    metrics.set("policy/entropy_coef", self.state.entropy_coef)
-                ctx.events.metrics(step, metrics.compute())
-                if (
-                    cfg.log_completions
-                    and self.last_rollout is not None
-                    and cfg.num_completions_to_print != 0
-                ):
-                    n = cfg.num_completions_to_print or len(self.last_rollout.samples)
-                    ctx.events.samples(step, self.last_rollout.samples[:n])
-            if step % cfg.save_steps == 0 or step == total:
-                path = checkpointer.save(
-                    step,
-                    self.model,
-                    self.tokenizer,
-                    optimizer,
-                    scheduler,
-                    data_position=self.sampler.position,
-                    algorithm_state=self._algorithm_state(),
-                    scaler=scaler,
-                )
-                ctx.events.checkpoint(step, str(path))
+            self._after_step()
+            if self.adaptive_entropy and stepper.log_due:
+                metrics.set("policy/entropy_coef", self.state.entropy_coef)
+            if (
+                stepper.report(metrics, self.sampler.epoch_float)
+                and cfg.log_completions
+                and self.last_rollout is not None
+                and cfg.num_completions_to_print != 0
+            ):
+                n = cfg.num_completions_to_print or len(self.last_rollout.samples)
+                ctx.events.samples(stepper.step_count, self.last_rollout.samples[:n])
+            stepper.save_due(self.sampler.position, dataclasses.asdict(self.state))
         c = self.counters
         ctx.events.log(
             f"{self.spec.algorithm} counters: generations={c.generations} policy_forwards={c.policy_forwards} "
             f"old_logp_forwards={c.old_logp_forwards} ref_logp_forwards={c.ref_logp_forwards} "
             f"completions_sampled={c.completions_sampled} completions_scored={c.completions_scored}"
         )
-        return save_model(self.model, self.tokenizer, ctx.out_dir / "final")
+        return stepper.save_final()
 
-    def _after_step(self, step: int, metrics: StepMetrics) -> None:
+    def _after_step(self) -> None:
+        """Adaptive entropy: move the bonus coefficient towards the entropy target."""
+        if not self.adaptive_entropy:
+            return
         cfg = self.cfg
-        if self.adaptive_entropy:
-            # One extra host transfer per step: the controller needs this step's token-mean entropy
-            # (the micro-batch contributions sum to it).
-            value = float(self._step_entropy)
-            self._step_entropy = 0.0
-            self.state.last_entropy = value
-            c, delta = self.state.entropy_coef, cfg.entropy_coef_delta
-            if value <= cfg.entropy_target:
-                self.state.entropy_coef = min(c + delta, cfg.entropy_coef_max)
-            else:
-                self.state.entropy_coef = max(c - delta, cfg.entropy_coef_min)
-        if cfg.sync_ref_model and self.reference is not None and step % cfg.ref_model_sync_steps == 0:
-            alpha = cfg.ref_model_mixup_alpha
-            with torch.no_grad():
-                for p_ref, p in zip(self.reference.model.parameters(), self.model.parameters(), strict=True):
-                    p_ref.mul_(1 - alpha).add_(p.detach().to(p_ref.dtype), alpha=alpha)
+        # One extra host transfer per step: the controller needs this step's token-mean entropy
+        # (the micro-batch contributions sum to it).
+        value = float(self._step_entropy)
+        self._step_entropy = 0.0
+        self.state.last_entropy = value
+        c, delta = self.state.entropy_coef, cfg.entropy_coef_delta
+        if value <= cfg.entropy_target:
+            self.state.entropy_coef = min(c + delta, cfg.entropy_coef_max)
+        else:
+            self.state.entropy_coef = max(c - delta, cfg.entropy_coef_min)
 
-    def _algorithm_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = dataclasses.asdict(self.state)
-        if self.cfg.sync_ref_model and self.reference is not None:  # the reference has moved: keep it
-            state["reference"] = {k: v.detach().cpu() for k, v in self.reference.model.state_dict().items()}
-        return state
-
-    def _resume(self, checkpointer: Checkpointer, optimizer: Any, scheduler: Any, scaler: Any) -> int:
-        if not self.ctx.resume:
-            return 0
-        latest = checkpointer.latest()
-        if latest is None:
-            self.ctx.events.log(
-                "resume requested but no checkpoint found; starting from step 0", level="warning"
-            )
-            return 0
-        state = checkpointer.load(
-            latest, self.model, optimizer, scheduler, scaler, map_location=self.ctx.device
-        )
+    def _resume(self, stepper: OptimizerStep) -> None:
+        state = stepper.resume()
+        if state is None:
+            return
         if state.get("data_position"):
             self.sampler.restore(state["data_position"])
         saved = state.get("algorithm_state") or {}
         self.state = GRPOState(**{k: v for k, v in saved.items() if k in GRPOState.__dataclass_fields__})
-        if "reference" in saved and self.reference is not None:
-            self.reference.model.load_state_dict(saved["reference"])
         self.weights_changed = True
-        self.ctx.events.log(f"resumed from {latest} at step {state['step']}")
-        return int(state["step"])
 
 
 def train(spec: Any, ctx: TrainContext) -> Path:
