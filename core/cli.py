@@ -5,6 +5,7 @@ platform.
     papertrain migrate                  # alembic upgrade head on PAPERTRAIN_DATABASE_URL
     papertrain create-token --user NAME [--name LABEL]
     papertrain api | papertrain worker [--queues cpu,gpu-1]
+    papertrain jobs|presets|files ...   # the client commands of the SDK (papertrain_sdk.cli)
 
 Settings come from the environment (`PAPERTRAIN_*`, see core.settings); this module only wires commands.
 """
@@ -103,7 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLIENT_GROUPS = ("jobs", "presets", "files")  # the client CLI's (papertrain_sdk.cli), same command name
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_GROUPS:
+        try:
+            from papertrain_sdk.cli import main as client_main
+        except ImportError:
+            print(
+                f"papertrain {argv[0]}: a client command; install the SDK: pip install ./sdk", file=sys.stderr
+            )
+            return 2
+        return client_main(argv)
     args = build_parser().parse_args(argv)
     settings = get_settings()
     from core.db import NotMigratedError

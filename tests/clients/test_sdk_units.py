@@ -1,0 +1,88 @@
+"""SDK pieces without a server: gates, --set overrides, the SSE parser, typed errors, command routing."""
+
+from __future__ import annotations
+
+import pytest
+from papertrain_sdk import parse_gate
+from papertrain_sdk.cli import UsageError, apply_set
+from papertrain_sdk.client import _parse_sse
+from papertrain_sdk.errors import Conflict, InvalidRequest, NotFound, ServerError, from_response
+
+METRICS = {"rollout/reward_mean": [(1, 0.1), (2, 0.5), (3, 0.3)]}
+
+
+@pytest.mark.parametrize(
+    ("text", "passed", "value"),
+    [
+        ("rollout/reward_mean>=0.3", True, 0.3),  # the last value
+        ("rollout/reward_mean > 0.3", False, 0.3),
+        ("max(rollout/reward_mean)>=0.5", True, 0.5),
+        ("min(rollout/reward_mean)<0.2", True, 0.1),
+        ("mean(rollout/reward_mean)==0.3", True, pytest.approx(0.3)),
+        ("rollout/reward_mean!=0.3", False, 0.3),
+    ],
+)
+def test_gates_compare_the_chosen_statistic(text, passed, value) -> None:
+    result = parse_gate(text).check(METRICS)
+    assert result.passed is passed and result.value == value
+
+
+def test_gate_on_a_missing_metric_fails_and_bad_gates_are_refused() -> None:
+    result = parse_gate("policy/kl<1").check(METRICS)
+    assert not result.passed and "never logged" in result.reason and "rollout/reward_mean" in result.reason
+    for bad in ("reward", "reward>=", "reward>=high", "median(x)>1"):
+        with pytest.raises(ValueError):
+            parse_gate(bad)
+
+
+def test_set_writes_typed_values_at_dotted_paths() -> None:
+    spec = {"config": {"beta": 0.1}}
+    for assignment in (
+        "config.beta=0.0",
+        "config.max_steps=5",
+        "name=ci",
+        "peft_config.r=8",
+        "config.bf16=true",
+    ):
+        apply_set(spec, assignment)
+    assert spec == {
+        "config": {"beta": 0.0, "max_steps": 5, "bf16": True},
+        "name": "ci",
+        "peft_config": {"r": 8},
+    }
+    with pytest.raises(UsageError):
+        apply_set(spec, "config.beta")
+    with pytest.raises(UsageError):
+        apply_set(spec, "name.x=1")  # name is not a mapping
+
+
+def test_sse_parser_skips_comments_and_reads_events() -> None:
+    lines = [
+        "retry: 1000",
+        "",
+        ": heartbeat",
+        "",
+        "id: 7",
+        "event: log",
+        'data: {"id": 7, "kind": "log", "step": null, "data": {"message": "hi"}}',
+        "",
+    ]
+    (event,) = _parse_sse(iter(lines))
+    assert (event.id, event.kind, event.data) == (7, "log", {"message": "hi"})
+
+
+def test_error_bodies_become_typed_errors_with_param() -> None:
+    body = {"error": {"code": "invalid_spec", "message": "config.beta: bad", "param": "config.beta"}}
+    err = from_response(422, body)
+    assert isinstance(err, InvalidRequest) and err.param == "config.beta" and err.status == 422
+    assert isinstance(from_response(404, {"error": {"code": "job_not_found", "message": "x"}}), NotFound)
+    assert isinstance(from_response(409, {"error": {"code": "c", "message": "x"}}), Conflict)
+    err = from_response(502, "<html>bad gateway</html>")
+    assert isinstance(err, ServerError) and err.retryable and "502" in err.message
+
+
+def test_the_server_cli_hands_client_groups_to_the_sdk(capsys) -> None:
+    from core.cli import main
+
+    assert main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 6
+    assert "did not answer" in capsys.readouterr().err
