@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.states import JobStatus
 from engine.spec import DatasetSpec, HardwareSpec, JobSpec, LoraSpec
@@ -48,6 +48,21 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+# What a job's error shows to its owner; the log tail and tracebacks stay in the server's logs and database.
+PUBLIC_ERROR_KEYS = ("code", "message", "category", "param", "remediation", "step", "exit_code")
+
+
+def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    from engine.errors import scrub
+
+    if not error:
+        return error
+    out = {k: error[k] for k in PUBLIC_ERROR_KEYS if error.get(k) is not None}
+    if isinstance(out.get("message"), str):
+        out["message"] = scrub(out["message"])
+    return out
+
+
 class JobSummary(_Out):
     id: str
     name: str | None
@@ -61,6 +76,12 @@ class JobSummary(_Out):
     last_step: int | None
     total_steps: int | None
     error: dict[str, Any] | None
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _public_error(cls, value: Any) -> Any:
+        return public_error(value) if isinstance(value, dict) else value
+
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -90,6 +111,13 @@ class EventOut(_Out):
     step: int | None
     data: dict[str, Any]
     created_at: datetime
+
+    @field_validator("data", mode="after")
+    @classmethod
+    def _no_traceback(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "traceback" in value or "log_tail" in value:
+            value = {k: v for k, v in value.items() if k not in ("traceback", "log_tail")}
+        return value
 
 
 class EventPage(BaseModel):

@@ -41,6 +41,9 @@ class EventWriter:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._grad_norms: list[
+            float
+        ] = []  # logged train/grad_norm values, to spot a run that learned nothing
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         if type_ not in EVENT_TYPES:
@@ -56,6 +59,9 @@ class EventWriter:
         return self.emit("progress", step=step, total_steps=total_steps, epoch=epoch)
 
     def metrics(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        norm = metrics.get("train/grad_norm")
+        if isinstance(norm, int | float) and not isinstance(norm, bool):
+            self._grad_norms.append(float(norm))
         return self.emit("metrics", step=step, metrics=metrics)
 
     def samples(self, step: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,10 +74,19 @@ class EventWriter:
         return self.emit("log", level=level, message=message)
 
     def done(self, step: int, final_path: str) -> dict[str, Any]:
+        if self._grad_norms and all(n == 0 for n in self._grad_norms):
+            self.log(
+                "degenerate run: the gradient was 0 at every logged step, so no update changed the model "
+                "(e.g. every completion was truncated and masked, or every reward was equal); see the dry "
+                "run's warnings (POST /v1/jobs:validate) for the settings to change",
+                "warning",
+            )
         return self.emit("done", step=step, final_path=str(final_path))
 
-    def error(self, message: str, traceback: str = "") -> dict[str, Any]:
-        return self.emit("error", message=message, traceback=traceback)
+    def error(self, message: str, traceback: str = "", **info: Any) -> dict[str, Any]:
+        """`info`: the typed fields of `engine.errors.classify` (code, category, param, remediation, step).
+        The traceback is for the worker's log; the worker does not pass it on to the api."""
+        return self.emit("error", message=message, traceback=traceback, **info)
 
 
 class NullEvents(EventWriter):

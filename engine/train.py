@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         spec = parse_job_spec(raw)
         problem = unsupported(spec)
         if problem is not None:
-            raise ValueError(str(problem))
+            raise problem
         check_dataset("dataset", spec.dataset)
         check_dataset("eval_dataset", spec.eval_dataset)
         from engine.spec.warnings import spec_warnings
@@ -120,8 +120,11 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
     except KeyboardInterrupt:
         events.error("interrupted", traceback.format_exc())
         return EXIT_ERROR
-    except Exception as exc:  # every failure becomes an error event; the worker decides about retries
-        events.error(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except Exception as exc:  # every failure becomes a typed error event; the worker decides about retries
+        from engine.errors import classify
+
+        info = classify(exc)
+        events.error(info.pop("message"), traceback.format_exc(), **info)
         return EXIT_ERROR
 
 

@@ -51,6 +51,8 @@ def to_row(event: dict[str, Any]) -> tuple[str, int | None, dict[str, Any]]:
         data.setdefault(
             "message", f"training finished at step {step}; final model in {event.get('final_path')}"
         )
+    if type_ == "error":  # tracebacks go to the worker's log, never to the api
+        data.pop("traceback", None)
     kind = KIND_OF.get(str(type_))
     if kind is None:
         kind = "log"

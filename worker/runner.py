@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from core.models import Job, utcnow
 from core.states import JobStatus
+from engine.errors import scrub
 from worker.events import EventRecorder
 
 log = logging.getLogger(__name__)
@@ -290,10 +291,16 @@ class EngineRunner:
 
     def _failure(self, exit_code: int) -> dict[str, Any]:
         engine_error = self.recorder.error
+        typed: dict[str, Any] = {}
         if engine_error:
             code = str(engine_error.get("code") or "engine_error")
             message = str(engine_error.get("message") or f"the engine failed with exit code {exit_code}")
             category = str(engine_error.get("category") or "platform")
+            typed = {
+                k: engine_error[k]
+                for k in ("param", "remediation", "step")
+                if engine_error.get(k) is not None
+            }
         elif exit_code < 0:
             name = (
                 signal.Signals(-exit_code).name
@@ -307,11 +314,13 @@ class EngineRunner:
             code, category = "engine_exit", "platform"
             last = next((line for line in reversed(self.tail) if line.strip()), "")
             message = f"the engine exited with code {exit_code}" + (f": {last}" if last else "")
+        log.error("job %s failed (%s): %s\n%s", self.job_id, code, message, "\n".join(self.tail))
         return {
             "code": code,
-            "message": message,
+            "message": scrub(message),
             "category": category,
-            "log_tail": list(self.tail),
+            **typed,
+            "log_tail": list(self.tail),  # kept for operators; the api does not show it
             "exit_code": exit_code,
         }
 

@@ -29,6 +29,7 @@ from engine.algorithms.common import (
     build_scheduler,
     clip_gradients,
 )
+from engine.errors import NonFiniteLoss
 
 REFERENCE_KEY = "reference"  # algorithm_state key of a reference moved by sync_ref_model
 
@@ -105,6 +106,9 @@ class OptimizerStep:
         reference when due. Adds `train/grad_norm` (the norm before clipping) to `metrics`."""
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_gradients(self.params, self.cfg.max_grad_norm)
+        # A diverged step must not reach the weights (one host sync per step); fp16 scaling skips such steps.
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(grad_norm)):
+            raise NonFiniteLoss(self.step_count + 1, "gradient")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.lr = self.scheduler.get_last_lr()[0]

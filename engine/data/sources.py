@@ -31,7 +31,7 @@ def read_file(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     limits = policy()
     if not path.is_file():
-        raise FileNotFoundError("the dataset file does not exist")
+        raise DataFormatError("the dataset file does not exist")
     if path.stat().st_size > limits.max_file_bytes:
         raise _too_big("the dataset file", limits.max_file_bytes)
     suffix = path.suffix.lower()

@@ -107,10 +107,34 @@ def _overlong_punishment_never_fires(spec: Any) -> Iterator[SpecWarning]:
             )
 
 
+def _every_update_masked(spec: Any) -> Iterator[SpecWarning]:
+    """Truncated completions that are also masked out of the loss leave nothing to learn from."""
+    if not getattr(spec.config, "mask_truncated_completions", False):
+        return
+    truncated = list(_completions_truncated(spec))
+    if truncated:
+        why = "every completion will be truncated (see completions_truncated)"
+        todo = "raise config.max_completion_length or turn config.mask_truncated_completions off"
+    elif spec.model.startswith("tiny:"):
+        why = f"{spec.model} has random weights and almost never emits the end token, so nearly every completion is truncated"
+        todo = "turn config.mask_truncated_completions off for a smoke test, or use a trained model"
+    else:
+        return
+    yield SpecWarning(
+        code="every_update_masked",
+        message=(
+            f"{why}; with mask_truncated_completions on, truncated completions are masked out of the loss, so "
+            f"loss and gradient are 0 and the model does not change; {todo}"
+        ),
+        param="config.mask_truncated_completions",
+    )
+
+
 RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _completions_truncated,
     _warmup_covers_training,
     _overlong_punishment_never_fires,
+    _every_update_masked,
 ]
 
 
