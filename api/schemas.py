@@ -169,7 +169,14 @@ class PresetOut(BaseModel):
     config: dict[str, Any]
     job: dict[str, Any] = {}
     notes: str = ""
-    runnable: bool
+    runnable: bool = Field(description="whether the preset runs as shipped on the live workers")
+    runnable_param: str | None = Field(None, description="the field that stops it, when it does not run")
+    runnable_reason: str | None = Field(None, description="why it does not run as shipped")
+    runnable_change: dict[str, Any] | None = Field(
+        None,
+        description="the smallest request fragment (merged over the preset like any request) that was "
+        "checked to make it run; null when no change to the job does (a worker or a user's choice is missing)",
+    )
 
 
 class PresetList(BaseModel):

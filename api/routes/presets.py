@@ -6,30 +6,39 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import PrincipalDep
+from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.errors import ApiError, ErrorBody
 from api.schemas import PresetList, PresetOut
-from engine.spec import RUNNABLE_ALGORITHMS
+from api.services.capabilities import live_capabilities
+from engine.presets.runnable import WorkerCapabilities, preset_status
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"], responses={401: {"model": ErrorBody}})
 
 
-def _out(preset: Any) -> PresetOut:
+def _out(preset: Any, caps: WorkerCapabilities) -> PresetOut:
     fields = preset.model_dump() if hasattr(preset, "model_dump") else dict(vars(preset))
-    return PresetOut(**fields, runnable=preset.algorithm in RUNNABLE_ALGORITHMS)
+    status = preset_status(preset, caps)
+    return PresetOut(
+        **fields,
+        runnable=status.runnable,
+        runnable_param=status.param,
+        runnable_reason=status.reason,
+        runnable_change=status.change,
+    )
 
 
 @router.get("", response_model=PresetList, operation_id="list_presets")
-def list_presets(_user: PrincipalDep) -> Any:
+def list_presets(_user: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
     from engine.presets import load_presets
 
-    return {"presets": [_out(p) for p in load_presets().values()]}
+    caps = live_capabilities(session, settings)
+    return {"presets": [_out(p, caps) for p in load_presets().values()]}
 
 
 @router.get(
     "/{preset_id}", response_model=PresetOut, operation_id="get_preset", responses={404: {"model": ErrorBody}}
 )
-def get_preset(_user: PrincipalDep, preset_id: str) -> Any:
+def get_preset(_user: PrincipalDep, session: SessionDep, settings: SettingsDep, preset_id: str) -> Any:
     from engine.presets import load_presets
 
     presets = load_presets()
@@ -40,4 +49,4 @@ def get_preset(_user: PrincipalDep, preset_id: str) -> Any:
             f"no preset {preset_id!r}; known: {', '.join(sorted(presets))}",
             param="preset_id",
         )
-    return _out(presets[preset_id])
+    return _out(presets[preset_id], live_capabilities(session, settings))

@@ -3,6 +3,7 @@ hyperparameters; everything else says what to train on and where."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
@@ -242,9 +243,40 @@ CONFIG_CLASSES: dict[str, type[StrictModel]] = {
 ONLINE_ALGORITHMS = frozenset({"grpo", "gfpo", "papo", "minillm", "rloo"})
 
 
+# Names that stand for "your model here" in examples (e.g. the paper index's "teacher-model"): a spec naming
+# one validates as written, but a job with it could only fail when the worker tries to download it.
+PLACEHOLDER_MODEL = re.compile(
+    r"^(?:(?:teacher|student|reward|base|policy|your|my)[-_ ]?)?model(?:[-_ ]?(?:name|id|path))?$|^<.*>$|^path/to/",
+    re.IGNORECASE,
+)
+
+
+def placeholder_model(spec: Any) -> SpecError | None:
+    """The first model reference of a spec that is a placeholder, as an error naming its field."""
+    refs = [("model", spec.model)]
+    teacher = getattr(spec.config, "teacher_model_name_or_path", None)
+    if teacher:
+        refs.append(("config.teacher_model_name_or_path", teacher))
+    refs += [
+        (f"reward_funcs.{i}.model", r.model) for i, r in enumerate(getattr(spec, "reward_funcs", []) or [])
+    ]
+    for field, ref in refs:
+        if ref and PLACEHOLDER_MODEL.match(ref.strip()):
+            return SpecError(
+                field,
+                f"{ref!r} is a placeholder, not a model: name a real model (a Hugging Face id such as "
+                "Qwen/Qwen3-1.7B, a local path or a previous job's final/ folder, 'bundled:smollm2-135m-instruct' "
+                "or 'tiny:llama')",
+            )
+    return None
+
+
 def unsupported(spec: Any) -> SpecError | None:
     """Why a valid spec cannot be trained by this engine yet (None when it can). The api answers 422 with it
     and the engine refuses it too, so an accepted option is never silently ignored."""
+    placeholder = placeholder_model(spec)
+    if placeholder is not None:
+        return placeholder
     if spec.algorithm not in RUNNABLE_ALGORITHMS:
         return SpecError(
             "algorithm",

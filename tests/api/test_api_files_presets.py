@@ -134,3 +134,17 @@ def test_shipped_presets_are_served(client, alice) -> None:
     res = client.get("/v1/presets", headers=alice)
     assert res.status_code == 200
     assert all({"id", "algorithm", "config", "runnable"} <= set(p) for p in res.json()["presets"])
+
+
+def test_presets_report_what_stops_them_on_the_live_workers(client, alice) -> None:
+    """The test deployment's workers consume the cpu queue only."""
+    listed = {p["id"]: p for p in client.get("/v1/presets", headers=alice).json()["presets"]}
+    assert listed["dpo"]["runnable"] is True and listed["dpo"]["runnable_reason"] is None
+    dr = listed["dr-grpo"]
+    assert dr["runnable"] is False and dr["runnable_param"] == "config.per_device_train_batch_size"
+    assert dr["runnable_change"] == {"config": {"per_device_train_batch_size": 8}}
+    gkd = client.get("/v1/presets/on-policy-distillation-gkd", headers=alice).json()
+    assert gkd["runnable"] is False and "placeholder" in gkd["runnable_reason"]
+    assert gkd["runnable_change"] is None
+    tis = listed["truncated-is"]
+    assert tis["runnable"] is False and "gpu-1" in tis["runnable_reason"]

@@ -253,6 +253,16 @@ def test_valid_options_the_engine_cannot_honour_are_refused(client, alice, sent,
     assert sent == []
 
 
+def test_placeholder_teacher_is_refused_with_a_request_to_name_a_real_model(client, alice, sent) -> None:
+    body = {"preset": "on-policy-distillation-gkd", "model": "tiny:llama", "dataset": {"builtin": "chat"}}
+    response = client.post("/v1/jobs", json=body, headers=alice)
+    assert response.status_code == 422
+    error = _error(response)
+    assert error["param"] == "config.teacher_model_name_or_path"
+    assert "'teacher-model' is a placeholder" in error["message"] and "name a real model" in error["message"]
+    assert sent == []
+
+
 def test_dataset_paths_outside_the_data_roots_are_refused(settings, sent, tokens, tmp_path) -> None:
     allowed = tmp_path / "datasets"
     allowed.mkdir()

@@ -170,6 +170,22 @@ def test_unsupported_names_what_the_engine_cannot_do_yet():
     assert unsupported(parse_job_spec({**BASE, "algorithm": "papo"})).field == "algorithm"
 
 
+@pytest.mark.parametrize("teacher", ["teacher-model", "Teacher_Model", "<teacher>", "path/to/model"])
+def test_placeholder_model_ids_validate_but_are_refused(teacher):
+    from engine.spec import unsupported
+
+    gkd = {"algorithm": "gkd", "model": "tiny:llama", "dataset": {"builtin": "chat"}}
+    spec = parse_job_spec(
+        {**gkd, "config": {"teacher_model_name_or_path": teacher}}
+    )  # the example as written
+    problem = unsupported(spec)
+    assert problem.field == "config.teacher_model_name_or_path"
+    assert "placeholder" in str(problem) and "name a real model" in str(problem)
+    real = parse_job_spec({**gkd, "config": {"teacher_model_name_or_path": "Qwen/Qwen3-1.7B"}})
+    assert unsupported(real) is None
+    assert unsupported(parse_job_spec({**CHAT, "algorithm": "sft", "model": "gpt2"})) is None  # a bare hub id
+
+
 def test_groups_must_fit_a_generation_on_one_device():
     from engine.spec import unsupported
 
