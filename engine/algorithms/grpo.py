@@ -21,7 +21,9 @@ Old log-probs are computed at generation time only when some optimizer step fall
 use (GA % (SPG * mu) != 0), vLLM's importance-sampling correction needs them or the objective always wants
 them (RLOO); otherwise the ratio is exactly 1 (on-policy). The reference model exists only when `beta` > 0.
 Entropies are computed only when `top_entropy_quantile` < 1 or an entropy bonus needs them (so
-`policy/entropy` is logged only then); the entropy threshold is taken per micro-batch, as TRL does.
+`policy/entropy` is logged only then); the entropy threshold is taken per micro-batch, as TRL does, except
+with an entropy bonus, which averages over the tokens the mask keeps in the whole step: then one extra no-grad
+forward per micro-batch gives the step's threshold and kept-token count (`_entropy_step_counts`).
 Training micro-steps never sync with the host; metrics are transferred once per logged optimizer step (plus
 one value per step for adaptive entropy).
 
@@ -51,7 +53,7 @@ from engine.algorithms.step import OptimizerStep
 from engine.data import expect_format, load_rows
 from engine.functional import GlobalCounts
 from engine.logprobs import token_logprobs
-from engine.losses import PolicyBatch, PolicyLossConfig, policy_loss
+from engine.losses import PolicyBatch, PolicyLossConfig, entropy_threshold, high_entropy_mask, policy_loss
 from engine.models import is_peft_model, load_policy, load_reference, load_tokenizer, save_model
 from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
@@ -472,7 +474,30 @@ class GRPOTrainer:
             lengths = [rollout.total_length(r) for r in range(len(rollout))]
             micro.extend((rollout, part) for part in split_by_length(rows, lengths, n_slices) if part)
         rollouts = [r for r, _, _ in by_rollout.values()]
-        return micro, GlobalCounts(num_tokens=tokens, num_sequences=sequences), rollouts
+        counts = self._entropy_step_counts(micro, GlobalCounts(num_tokens=tokens, num_sequences=sequences))
+        return micro, counts, rollouts
+
+    def _entropy_step_counts(
+        self, micro: list[tuple[ScoredRollout, list[int]]], counts: GlobalCounts
+    ) -> GlobalCounts:
+        """An entropy bonus over an entropy mask is the mean entropy of the tokens the mask keeps in the whole
+        step: one no-grad forward per micro-batch gives the step's entropies, hence its threshold and that
+        count, so the bonus does not depend on how the step is cut. Other jobs skip the extra forwards."""
+        quantile = _option(self.cfg, "top_entropy_quantile")
+        bonus = _option(self.cfg, "entropy_coef") != 0.0 or self.adaptive_entropy
+        if quantile >= 1.0 or not bonus:
+            return counts
+        active = []
+        with torch.no_grad(), self.ctx.autocast():
+            for rollout, rows in micro:
+                mb = rollout.micro_batch(rows)
+                _, entropies = self._logps(self.model, mb, with_entropy=True)
+                active.append(entropies.float()[mb.loss_mask.bool()])
+        step = torch.cat(active)
+        ones = torch.ones_like(step)
+        threshold = entropy_threshold(step, ones, quantile)
+        kept = high_entropy_mask(step, ones, quantile, threshold).sum()
+        return dataclasses.replace(counts, entropy_threshold=threshold, num_entropy_tokens=kept)
 
     # -------------------------------------------------------------------------------------------- loop
 

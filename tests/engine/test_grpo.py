@@ -361,6 +361,35 @@ def test_step_gradient_does_not_depend_on_the_micro_batch_cut(tmp_path):
     assert torch.allclose(whole, split, atol=1e-6, rtol=1e-4)
 
 
+def test_entropy_bonus_over_the_mask_uses_the_steps_kept_tokens_whatever_the_cut(tmp_path):
+    cfg = {"per_device_train_batch_size": 8, "num_generations": 4, "top_entropy_quantile": 0.5}
+    t, _ = trainer(tmp_path, {**cfg, "entropy_coef": 0.05})
+    rollout = t.generate()
+    rows = list(range(len(rollout)))
+    rollout.advantages = torch.linspace(-1, 1, len(rows))
+    base = grpo_mod.GlobalCounts(num_tokens=sum(rollout.loss_tokens), num_sequences=len(rows))
+    # the step's entropies from one forward of every row, and the tokens at or above their median
+    with torch.no_grad():
+        mb = rollout.micro_batch(rows)
+        _, ent = t._logps(t.model, mb, with_entropy=True)
+        active = ent[mb.loss_mask.bool()].double()
+        expected = int((active >= torch.quantile(active, 0.5)).sum())
+    cuts = {"whole": [rows], "split": [rows[:3], rows[3:5], rows[5:]]}
+    grads = {}
+    for name, parts in cuts.items():
+        counts = t._entropy_step_counts([(rollout, p) for p in parts], base)
+        assert int(counts.num_entropy_tokens) == expected
+        t.model.zero_grad(set_to_none=True)
+        for part in parts:
+            t.micro_step(rollout.micro_batch(part), counts, StepMetrics()).backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])
+    assert torch.allclose(grads["whole"], grads["split"], atol=1e-6, rtol=1e-4)
+    plain, _ = trainer(
+        tmp_path / "plain", cfg
+    )  # no bonus: no extra forwards, the threshold stays per micro-batch
+    assert plain._entropy_step_counts([(rollout, rows)], base) is base
+
+
 def test_micro_batch_trimming_keeps_the_log_probs(tmp_path):
     t, _ = trainer(
         tmp_path, {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 6}
