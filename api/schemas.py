@@ -39,6 +39,11 @@ class PresetJobRequest(BaseModel):
         default_factory=dict,
         description="overrides of the preset's config (fields of its algorithm's config)",
     )
+    override_preset_objective: bool | list[str] = Field(
+        False,
+        description="confirm changing keys of the preset's objective (e.g. config.loss_type): true, or the "
+        "list of those keys; without it such a change is a 422",
+    )
 
 
 JobRequest = JobSpec | PresetJobRequest
@@ -89,6 +94,7 @@ class JobSummary(_Out):
 
 
 class JobDetail(JobSummary):
+    preset_overrides: list[str] | None = None  # preset objective keys this job overrode on purpose
     spec_submitted: dict[str, Any]
     spec_resolved: dict[str, Any]
     output_dir: str | None
@@ -197,6 +203,13 @@ class PresetChange(BaseModel):
     param: str = Field(description="dotted path of the key the request sets")
     preset_value: Any = Field(description="the preset's value (null: the preset leaves it at its default)")
     value: Any = Field(description="the request's value")
+    preset_fixed: bool = Field(
+        False, description="the preset sets this key (false: it leaves it at its default)"
+    )
+    objective: bool = Field(
+        False,
+        description="a key of the preset's objective: changing it needs `override_preset_objective` in the request",
+    )
 
 
 class DryRun(BaseModel):

@@ -90,6 +90,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)  # may see and cancel every job, manage tokens
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
@@ -126,6 +127,9 @@ class Job(Base):
     spec_submitted: Mapped[dict[str, Any]]
     preset_id: Mapped[str | None] = mapped_column(String(64))
     preset_version: Mapped[int | None]
+    preset_overrides: Mapped[list[str] | None] = mapped_column(
+        JsonType
+    )  # objective keys overridden on purpose
     spec_resolved: Mapped[dict[str, Any]]
     attempt: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)

@@ -66,6 +66,27 @@ def _apply_preset(body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         ) from None
     if "config" in body and not isinstance(body["config"], dict):
         raise ApiError(422, "invalid_spec", "config must be an object of overrides", param="config")
+    from engine.presets import OVERRIDE_FLAG, unconfirmed_overrides
+
+    flag = body.get(OVERRIDE_FLAG, False)
+    if not isinstance(flag, bool) and not (isinstance(flag, list) and all(isinstance(p, str) for p in flag)):
+        raise ApiError(
+            422,
+            "invalid_spec",
+            f'{OVERRIDE_FLAG} must be true or a list of keys such as ["config.loss_type"]',
+            param=OVERRIDE_FLAG,
+        )
+    missing = unconfirmed_overrides(preset, body)
+    if missing:
+        raise ApiError(
+            422,
+            "preset_objective_override",
+            f"{missing[0]} is part of preset {preset.id!r}'s objective; the request changes "
+            f"{', '.join(missing)}",
+            param=missing[0],
+            remediation=f'to train something other than {preset.id!r} on purpose, add "{OVERRIDE_FLAG}": '
+            f"{json.dumps(missing)} (or true) to the request; otherwise drop those keys",
+        )
     try:
         return apply_preset(preset, body), preset
     except ValueError as exc:  # the request names another algorithm than the preset's
@@ -171,6 +192,8 @@ def submit_job(
     """Validate, store (submitted + preset + resolved), and enqueue after commit. Returns the queued job.
 
     With `idempotency_key` the key is stored in the same transaction (`api.services.idempotency`)."""
+    from engine.presets import objective_overrides
+
     sub = resolve_submission(session, user, body, settings)
     spec, preset = sub.spec, sub.preset
     job = Job(
@@ -182,6 +205,7 @@ def submit_job(
         spec_submitted=body,
         preset_id=preset.id if preset else None,
         preset_version=preset.version if preset else None,
+        preset_overrides=objective_overrides(preset, body) if preset else None,
         spec_resolved=sub.resolved,
     )
     session.add(job)

@@ -72,6 +72,7 @@ def apply_preset(preset: Preset, request: dict[str, Any]) -> dict[str, Any]:
     """
     request = dict(request)
     request.pop("preset", None)
+    request.pop(OVERRIDE_FLAG, None)
     algorithm = request.pop("algorithm", preset.algorithm)
     if algorithm != preset.algorithm:
         raise ValueError(
@@ -89,6 +90,52 @@ def apply_preset(preset: Preset, request: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+OVERRIDE_FLAG = "override_preset_objective"
+# Keys that size a run to the hardware and budget; every other key a preset sets is part of its objective.
+_SCALE_SUFFIXES = ("_batch_size", "_steps", "_length", "_len", "_epochs")
+_SCALE_KEYS = {
+    "num_generations",
+    "num_generations_eval",
+    "learning_rate",
+    "seed",
+    "bf16",
+    "fp16",
+    "gradient_checkpointing",
+    "use_vllm",
+    "optim",
+    "peft_config",
+    "hardware",
+    "distributed",
+}
+
+
+def is_objective_key(param: str) -> bool:
+    """Whether a preset's `param` (`config.loss_type`, `reward_funcs`) defines what it trains, as opposed
+    to how big or fast the run is (batch sizes, steps, lengths, learning rate, precision, hardware)."""
+    name = param.removeprefix("config.")
+    if name in _SCALE_KEYS or name.endswith(_SCALE_SUFFIXES):
+        return False
+    return not name.startswith(("vllm_", "logging_", "save_", "eval_", "dataloader_"))
+
+
+def objective_overrides(preset: Preset, request: dict[str, Any]) -> list[str]:
+    """The preset objective keys `request` changes (from `preset_diff`): these need the request to say
+    `"override_preset_objective": true` or list them there; the job records them."""
+    return [
+        d["param"] for d in preset_diff(preset, request) if d["preset_fixed"] and is_objective_key(d["param"])
+    ]
+
+
+def unconfirmed_overrides(preset: Preset, request: dict[str, Any]) -> list[str]:
+    """Objective overrides the request did not confirm with `override_preset_objective`."""
+    confirmed = request.get(OVERRIDE_FLAG, False)
+    overrides = objective_overrides(preset, request)
+    if confirmed is True:
+        return []
+    named = {str(p) for p in confirmed} if isinstance(confirmed, list) else set()
+    return [p for p in overrides if p not in named and p.removeprefix("config.") not in named]
+
+
 def preset_diff(preset: Preset, request: dict[str, Any]) -> list[dict[str, Any]]:
     """What a request changes relative to its preset: `[{param, preset_value, value}]`, sorted by param.
 
@@ -102,10 +149,26 @@ def preset_diff(preset: Preset, request: dict[str, Any]) -> list[dict[str, Any]]
     if isinstance(overrides, dict):
         for key, value in overrides.items():
             if key not in preset.config or preset.config[key] != value:
+                param = f"config.{key}"
+                fixed = key in preset.config
                 diff.append(
-                    {"param": f"config.{key}", "preset_value": preset.config.get(key), "value": value}
+                    {
+                        "param": param,
+                        "preset_value": preset.config.get(key),
+                        "value": value,
+                        "preset_fixed": fixed,
+                        "objective": fixed and is_objective_key(param),
+                    }
                 )
     for key, value in preset.job.items():
         if key in request and request[key] != value:
-            diff.append({"param": key, "preset_value": value, "value": request[key]})
+            diff.append(
+                {
+                    "param": key,
+                    "preset_value": value,
+                    "value": request[key],
+                    "preset_fixed": True,
+                    "objective": is_objective_key(key),
+                }
+            )
     return sorted(diff, key=lambda d: d["param"])

@@ -279,6 +279,20 @@ class RLOOConfig(GenerationArgs):
     reward_clip_range: tuple[float, float] | None = None
 
 
+# The parameters each reward reads; any other one set on it is refused.
+REWARD_PARAMS: dict[str, frozenset[str]] = {
+    "accuracy": frozenset(),
+    "format": frozenset(),
+    "think_format": frozenset(),
+    "length": frozenset(),
+    "soft_overlong_punishment": frozenset({"max_completion_len", "soft_punish_cache"}),
+    "repetition_penalty": frozenset({"ngram_size", "max_penalty"}),
+    "cosine_scaled": frozenset({"max_len"}),
+    "reward_model": frozenset({"model"}),
+    "http": frozenset({"url", "timeout_s"}),
+}
+
+
 class RewardFuncSpec(StrictModel):
     """One reward function of an online job. Built-ins run on the worker; nothing user-supplied is executed."""
 
@@ -307,6 +321,22 @@ class RewardFuncSpec(StrictModel):
     model: str | None = None
     url: str | None = None
     timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_its_params(cls, data: Any) -> Any:
+        """A parameter of another reward is an error, not silently ignored (defaults, as in a resolved
+        spec, are fine)."""
+        if not isinstance(data, dict) or data.get("name") not in REWARD_PARAMS:
+            return data
+        allowed = REWARD_PARAMS[data["name"]]
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if key == "name" or key in allowed or field is None or value == field.default:
+                continue
+            takes = f"takes only {sorted(allowed)}" if allowed else "takes no parameters"
+            raise SpecError(key, f"{key} does not apply to the {data['name']!r} reward, which {takes}")
+        return data
 
     @model_validator(mode="after")
     def _params(self) -> RewardFuncSpec:
@@ -342,3 +372,6 @@ def derive_overlong_lengths(func: dict[str, Any], max_completion_length: int) ->
     if out.get("soft_punish_cache") is None:
         out["soft_punish_cache"] = max_completion_length // 5
     return out
+
+
+assert set(REWARD_PARAMS) == set(REWARD_FUNCS)

@@ -83,11 +83,13 @@ def test_preset_with_overrides(client, alice, sent, test_preset) -> None:
         "model": "tiny:llama",
         "dataset": {"builtin": "arithmetic"},
         "config": {"epsilon_high": 5e-4, "max_steps": 2},
+        "override_preset_objective": ["config.epsilon_high"],  # epsilon_high is part of the objective
     }
     res = client.post("/v1/jobs", json=body, headers=alice)
     assert res.status_code == 201, res.text
     job = res.json()
     assert (job["algorithm"], job["preset_id"], job["preset_version"]) == ("grpo", "paper-x", 3)
+    assert job["preset_overrides"] == ["config.epsilon_high"]
     assert job["spec_submitted"] == body
     config = job["spec_resolved"]["config"]
     assert config["loss_type"] == "grpo" and config["epsilon"] == 3e-4 and config["steps_per_generation"] == 4
