@@ -77,13 +77,7 @@ def capability_problem(
 
 def _request(preset: Preset, change: dict[str, Any]) -> dict[str, Any]:
     fits = [name for name, algos in BUILTIN_DATASET_ALGORITHMS.items() if preset.algorithm in algos]
-    request: dict[str, Any] = {"model": STAND_IN_MODEL, "dataset": {"builtin": fits[0]}}
-    for key, value in change.items():
-        if key == "config":
-            request["config"] = {**request.get("config", {}), **value}
-        else:
-            request[key] = value
-    return request
+    return _merge({"model": STAND_IN_MODEL, "dataset": {"builtin": fits[0]}}, change)
 
 
 def _problem(preset: Preset, change: dict[str, Any], caps: WorkerCapabilities) -> SpecError | None:
@@ -126,6 +120,7 @@ def _candidate(
 
 
 def _merge(change: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """`more` over `change`, as a request goes over a preset: config key by key, other keys whole."""
     out = copy.deepcopy(change)
     for key, value in more.items():
         if key == "config":
