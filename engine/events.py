@@ -67,8 +67,11 @@ class EventWriter:
     def samples(self, step: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return self.emit("samples", step=step, samples=samples)
 
-    def checkpoint(self, step: int, path: str) -> dict[str, Any]:
-        return self.emit("checkpoint", step=step, path=str(path))
+    def checkpoint(self, step: int, path: str, kept: list[str] | None = None) -> dict[str, Any]:
+        """`kept`: every checkpoint still on disk after this save (older ones pruned by save_total_limit)."""
+        if kept is None:
+            return self.emit("checkpoint", step=step, path=str(path))
+        return self.emit("checkpoint", step=step, path=str(path), kept=[str(p) for p in kept])
 
     def log(self, message: str, level: str = "info") -> dict[str, Any]:
         return self.emit("log", level=level, message=message)

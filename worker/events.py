@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import Job, JobEvent, utcnow
@@ -37,7 +37,15 @@ KIND_OF = {
     "done": "log",
     "error": "error",
 }
-MAX_PENDING_ROWS = 20_000  # beyond this, a database that refuses writes costs the oldest rows
+MAX_PENDING_ROWS = 20_000
+# Kinds a resumed run emits again for the steps it redoes: the earlier run's rows from those steps on are
+# superseded (deleted) when the new ones are written, so histories never run backwards or repeat.
+REDONE_KINDS = (
+    "progress",
+    "metrics",
+    "samples",
+    "checkpoint",
+)  # beyond this, a database that refuses writes costs the oldest rows
 
 
 def to_row(event: dict[str, Any]) -> tuple[str, int | None, dict[str, Any]]:
@@ -85,6 +93,10 @@ class EventRecorder:
         self.final_path: str | None = None
         self.error: dict[str, Any] | None = None  # the engine's own error event, if it sent one
         self.rows_written = 0
+        self._earlier_max_id: int | None = (
+            None  # the job's last event id before this run (set on first flush)
+        )
+        self.superseded = 0  # rows of an earlier run deleted because this run redid their steps
 
     def add(self, event: dict[str, Any]) -> None:
         kind, step, data = to_row(event)
@@ -126,6 +138,7 @@ class EventRecorder:
         try:
             with self._session_factory() as session, session.begin():
                 now = utcnow()
+                superseded = self._supersede(session, rows)
                 session.add_all(
                     JobEvent(job_id=self.job_id, kind=kind, step=step, data=data, created_at=now)
                     for kind, step, data in rows
@@ -139,4 +152,27 @@ class EventRecorder:
         self._job_fields = {}
         self._urgent = False
         self.rows_written += len(rows)
+        self.superseded += superseded
         return True
+
+    def _supersede(self, session: Session, rows: list[tuple[str, int | None, dict[str, Any]]]) -> int:
+        """Delete the earlier runs' rows of the steps this batch redoes (same transaction as the insert)."""
+        if self._earlier_max_id is None:
+            last = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == self.job_id))
+            self._earlier_max_id = int(last or 0)
+        first_step: dict[str, int] = {}
+        for kind, step, _ in rows:
+            if kind in REDONE_KINDS and step is not None:
+                first_step[kind] = min(step, first_step.get(kind, step))
+        deleted = 0
+        for kind, step in first_step.items():
+            result = session.execute(
+                delete(JobEvent).where(
+                    JobEvent.job_id == self.job_id,
+                    JobEvent.kind == kind,
+                    JobEvent.step >= step,
+                    JobEvent.id <= self._earlier_max_id,
+                )
+            )
+            deleted += result.rowcount or 0
+        return deleted

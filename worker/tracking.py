@@ -157,6 +157,8 @@ class MlflowTracker:
             self._artifacts.append(("dict", payload, f"samples/step_{step:06d}.json"))
         elif type_ == "checkpoint" and event.get("path") and self.log_checkpoints:
             self._artifacts.append(("dir", str(event["path"]), f"checkpoints/{Path(event['path']).name}"))
+            if isinstance(event.get("kept"), list):  # the engine pruned older ones: MLflow keeps the same set
+                self._artifacts.append(("prune", [Path(p).name for p in event["kept"]], "checkpoints"))
         elif type_ == "done" and event.get("final_path"):
             self._artifacts.append(("dir", str(event["final_path"]), "model"))
         elif type_ == "error":
@@ -194,11 +196,22 @@ class MlflowTracker:
             kind, payload, artifact_path = self._artifacts[0]
             if kind == "dict":
                 client.log_dict(self._run_id, payload, artifact_path)
+            elif kind == "prune":
+                self._prune(client, set(payload), artifact_path)
             elif Path(payload).is_dir():
                 client.log_artifacts(self._run_id, payload, artifact_path)
             else:  # the engine may already have rotated an old checkpoint away
                 self._warn(f"artifact folder {payload} is gone; not logged to MLflow")
             self._artifacts.popleft()
+
+    def _prune(self, client: Any, kept: set[str], folder: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        gone = [a.path for a in client.list_artifacts(self._run_id, folder) if Path(a.path).name not in kept]
+        if gone:
+            repo = get_artifact_repository(client.get_run(self._run_id).info.artifact_uri)
+            for path in gone:
+                repo.delete_artifacts(path)
 
     def _ensure_run(self) -> Any:
         if self._client is None:

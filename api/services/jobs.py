@@ -372,7 +372,16 @@ def metrics_history(session: Session, user: User, job_id: str) -> dict[str, list
     for step, data in rows:
         for key, value in (data.get("metrics") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                history.setdefault(key, []).append({"step": step, "value": float(value)})
+                points = history.setdefault(key, [])
+                # a step redone after a resume supersedes what the earlier attempt logged from there on
+                while (
+                    points
+                    and step is not None
+                    and points[-1]["step"] is not None
+                    and points[-1]["step"] >= step
+                ):
+                    points.pop()
+                points.append({"step": step, "value": float(value)})
     return history
 
 
@@ -381,12 +390,16 @@ def list_checkpoints(session: Session, user: User, job_id: str) -> tuple[list[di
     rows = session.scalars(
         select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "checkpoint").order_by(JobEvent.id)
     )
-    points = [
-        {"step": ev.step, "path": ev.data["path"], "created_at": ev.created_at}
-        for ev in rows
-        if ev.data.get("path")
-    ]
-    return points, job.last_checkpoint
+    latest: dict[str, dict[str, Any]] = {}  # path -> its newest checkpoint event (a resume may save it again)
+    kept: set[str] | None = None  # what the newest event says is still on disk (save_total_limit pruning)
+    for ev in rows:
+        if ev.data.get("path"):
+            latest.pop(ev.data["path"], None)
+            latest[ev.data["path"]] = {"step": ev.step, "path": ev.data["path"], "created_at": ev.created_at}
+            if isinstance(ev.data.get("kept"), list):
+                kept = {str(p) for p in ev.data["kept"]}
+    points = [p for path, p in latest.items() if kept is None or path in kept]
+    return sorted(points, key=lambda p: (p["step"] is None, p["step"] or 0)), job.last_checkpoint
 
 
 # --- control ---------------------------------------------------------------------------------------

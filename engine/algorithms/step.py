@@ -160,7 +160,7 @@ class OptimizerStep:
             algorithm_state=state,
             scaler=self.scaler,
         )
-        self.ctx.events.checkpoint(self.step_count, str(path))
+        self.ctx.events.checkpoint(self.step_count, str(path), kept=self.checkpointer.all())
         return path
 
     def save_final(self) -> Path:
