@@ -12,6 +12,7 @@ attempt 1 and a job re-queued by the reaper, a user retry or a worker shutdown r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -193,6 +194,9 @@ def _make_tracker(settings: Any, claimed: dict[str, Any]) -> MlflowTracker | Non
             },
             run_id=claimed["mlflow_run_id"],
             log_checkpoints=settings.mlflow_log_checkpoints,
+            on_late_finish=functools.partial(
+                _record_tracking, session_factory_for(settings.database_url), claimed["out_dir"].name
+            ),
         ).start()
     except Exception:
         log.exception("could not set up MLflow tracking; the job runs without it")

@@ -11,18 +11,27 @@ every `metrics` event at its step, samples = `samples/step_000010.json`, checkpo
 
 Failure-tolerant by design: MLflow being down, slow or misconfigured logs a warning and retries with
 backoff; it never raises into the runner and never fails a job (the job's own event rows in the
-database hold the same metrics). What is still unsent when the job ends is dropped with a warning.
-mlflow is imported on the background thread only, so importing this module stays cheap.
+database hold the same metrics). `close` does not hold a job while MLflow is down: what is still unsent
+stays in memory and the thread goes on retrying for `catch_up_s`, so the run catches up (params, metric
+history, artifacts, final status) when the server answers again, and `on_late_finish(run_id, warnings)`
+reports the outcome. A run that lost data on the way (more metric values than the buffer keeps, a
+checkpoint folder rotated away before it could be copied) gets the tag `papertrain.incomplete`.
+
+With an MLflow server (`http(s)://` tracking URI) the experiment takes the server's artifact location,
+so artifacts go through the server (`mlflow server --serve-artifacts`); `artifact_root` is only used for
+a local store. mlflow is imported on the background thread only, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,11 @@ MAX_PARAM_VALUE_CHARS = 6000  # MLflow's limit
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 MAX_PENDING_METRICS = 100_000
+CATCH_UP_S = 6 * 3600.0
+INCOMPLETE_TAG = "papertrain.incomplete"
+# The tracker retries with its own backoff, so one MLflow request should fail fast instead of retrying
+# for minutes inside the client (its defaults: 7 retries, backoff factor 2). Explicit values win.
+HTTP_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 _CLOSE = object()
 
 
@@ -66,6 +80,8 @@ class MlflowTracker:
         flush_interval_s: float = 2.0,
         max_backoff_s: float = 60.0,
         log_checkpoints: bool = True,
+        catch_up_s: float = CATCH_UP_S,
+        on_late_finish: Callable[[str | None, list[str]], None] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root)
@@ -77,7 +93,10 @@ class MlflowTracker:
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
         self.log_checkpoints = log_checkpoints  # False: only the final model is copied to MLflow
+        self.catch_up_s = catch_up_s
+        self.on_late_finish = on_late_finish  # called by the thread when it ends after close() returned
         self.warnings: list[str] = []
+        self.lost: list[str] = []  # what the run will miss (its `papertrain.incomplete` tag)
         self._run_id = run_id
         self._resumed = run_id is not None
         self._params_logged = False
@@ -89,6 +108,11 @@ class MlflowTracker:
         self._failing_since: float | None = None
         self._backoff_s = 1.0
         self._retry_at = 0.0
+        self._status: str | None = None  # the final status, once close() was called
+        self._terminated = False
+        self._abandoned_at: int | None = None  # len(warnings) when close() stopped waiting
+        self._close_attempts = 0
+        self._handoff = threading.Lock()  # close() giving up vs. the thread ending
         self.dropped = 0
 
     @property
@@ -103,17 +127,28 @@ class MlflowTracker:
         self._inbox.put(event)
 
     def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> bool:
-        """End the run with `status` (FINISHED / FAILED / KILLED); True if everything was sent in time."""
+        """End the run with `status` (FINISHED / FAILED / KILLED); True if everything was sent in time.
+
+        Waits up to `timeout_s` while MLflow answers, and no longer than the thread's next attempt while it
+        does not: the thread then keeps the rest and sends it when MLflow is back (see the module doc).
+        """
         if self._thread.ident is None:  # never started
             return not self._metrics and not self._artifacts
         self._inbox.put((_CLOSE, status))
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._warn(
-                f"MLflow did not finish within {timeout_s:.0f}s; the rest of this job's data is dropped"
-            )
-            return False
-        return not self._metrics and not self._artifacts and self._failing_since is None
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(0.1)
+            if self._close_attempts and self._failing_since is not None:
+                break  # the last attempt failed: MLflow is down, do not hold the job
+        with self._handoff:
+            if self._thread.is_alive():
+                self._warn(
+                    f"MLflow at {self.tracking_uri} did not take this job's data in time; the rest is sent "
+                    f"in the background when it answers (for up to {self.catch_up_s / 3600:g} h)"
+                )
+                self._abandoned_at = len(self.warnings)
+                return False
+        return self._terminated and not self._lost()
 
     # -- background thread ---------------------------------------------------------------------------
 
@@ -138,9 +173,22 @@ class MlflowTracker:
             if closing is None and now < next_flush:
                 continue
             next_flush = now + self.flush_interval_s
-            if closing is not None or now >= self._retry_at:
+            if closing is None and now >= self._retry_at:
                 self._try_flush()
-        self._finish(closing)
+        # The job has ended: send the rest and end the run, retrying (with backoff) until MLflow answers.
+        self._retry_at = 0.0
+        self._status = closing
+        give_up_at = time.monotonic() + self.catch_up_s
+        while not self._terminated:
+            now = time.monotonic()
+            if now >= give_up_at:
+                break
+            if now >= self._retry_at:
+                self._try_flush()
+                self._close_attempts += 1
+            else:
+                time.sleep(min(1.0, self._retry_at - now, give_up_at - now))
+        self._finish()
 
     def _accept(self, event: dict[str, Any]) -> None:
         type_, step = event.get("type"), event.get("step")
@@ -172,8 +220,8 @@ class MlflowTracker:
             if self._failing_since is None:
                 self._failing_since = now
                 self._warn(
-                    f"MLflow at {self.tracking_uri} failed ({type(exc).__name__}: {exc}); the job goes on, "
-                    "its metrics stay in the job's events, MLflow logging will be retried"
+                    f"MLflow at {self.tracking_uri} failed ({type(exc).__name__}: {_short(exc)}); the job "
+                    "goes on, its metrics stay in the job's events, MLflow logging will be retried"
                 )
             self._retry_at = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
@@ -202,7 +250,14 @@ class MlflowTracker:
                 client.log_artifacts(self._run_id, payload, artifact_path)
             else:  # the engine may already have rotated an old checkpoint away
                 self._warn(f"artifact folder {payload} is gone; not logged to MLflow")
+                self.lost.append(f"{artifact_path} (its folder was gone before it could be copied)")
             self._artifacts.popleft()
+        if self._status is not None and not self._terminated:
+            lost = self._lost()
+            if lost:
+                client.set_tag(self._run_id, INCOMPLETE_TAG, "; ".join(lost)[:5000])
+            client.set_terminated(self._run_id, status=self._status)
+            self._terminated = True
 
     def _prune(self, client: Any, kept: set[str], folder: str) -> None:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -215,6 +270,8 @@ class MlflowTracker:
 
     def _ensure_run(self) -> Any:
         if self._client is None:
+            for name, value in HTTP_CLIENT_DEFAULTS.items():
+                os.environ.setdefault(name, value)
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -235,7 +292,9 @@ class MlflowTracker:
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        location = (self.artifact_root / self.experiment).resolve().as_uri()
+        location = None  # a server decides where artifacts live and serves them
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            location = (self.artifact_root / self.experiment).resolve().as_uri()
         try:
             return client.create_experiment(self.experiment, artifact_location=location)
         except Exception:  # another worker created it first
@@ -257,19 +316,32 @@ class MlflowTracker:
                     continue  # a resumed run re-sends the same params; MLflow keeps the first values
                 raise
 
-    def _finish(self, status: str) -> None:
-        # The loop has just made its last flush attempt.
-        if self._metrics or self._artifacts:
+    def _lost(self) -> list[str]:
+        dropped = (
+            [f"{self.dropped} metric values (more than {MAX_PENDING_METRICS} waited)"] if self.dropped else []
+        )
+        return dropped + self.lost
+
+    def _finish(self) -> None:
+        # The thread ends: everything was sent and the run ended, or the catch-up time ran out.
+        if not self._terminated:
             self._warn(
-                f"MLflow: {len(self._metrics)} metric values and {len(self._artifacts)} artifacts of job "
-                f"{self.job_id} were not sent"
+                f"MLflow: gave up on run {self._run_id or '(not created)'} of job {self.job_id}: "
+                f"{len(self._metrics)} metric values and {len(self._artifacts)} artifacts were not sent"
             )
-        if self._run_id is not None and self._failing_since is None:
+        with self._handoff:
+            late = self._abandoned_at is not None
+        if late and self.on_late_finish is not None:
             try:
-                self._client.set_terminated(self._run_id, status=status)
-            except Exception as exc:
-                self._warn(f"MLflow: could not end run {self._run_id} ({exc})")
+                self.on_late_finish(self._run_id, self.warnings[self._abandoned_at :])
+            except Exception:
+                log.exception("job %s: reporting the late end of MLflow logging failed", self.job_id)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         log.warning("job %s: %s", self.job_id, message)
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:limit]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ def _pg_admin():
     )
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
     try:
         admin = _pg_admin()
     except Exception as exc:
@@ -40,6 +42,19 @@ def pg_url() -> Iterator[str]:
     finally:
         with _pg_admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with throwaway_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_databases() -> Iterator[Callable[[], str]]:
+    """`pg_databases()` makes one more throwaway database per call (all dropped after the test module)."""
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(throwaway_database())
 
 
 @pytest.fixture
