@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.openai_compat import create_openai_app
 from api.openapi import install_openapi
 from api.routes import catalog, files, health, jobs, me, presets
 from api.web import install_web
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     for module in (jobs, files, presets, catalog, me, health):
         app.include_router(module.router)
+    app.mount("/openai", create_openai_app(app))  # the OpenAI-compatible fine-tuning surface
 
     install_web(app)
     return app
