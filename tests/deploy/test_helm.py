@@ -201,24 +201,51 @@ def test_one_scaled_object_per_autoscaled_pool_on_its_redis_list(gpu_render):
     assert by_name(docs["Secret"], "papertrain-secrets")["stringData"]["redis-password"] == "secret"
 
 
-def test_a_multi_node_pool_is_an_indexed_job_with_a_rendezvous_address(gpu_render):
+def test_a_multi_node_job_is_an_indexed_job_of_torchrun_nodes_meeting_at_pod_0(gpu_render):
     _, docs = gpu_render
-    job = by_name(docs["Job"], "papertrain-mn-gpu-8x2-r1")
+    job = by_name(docs["Job"], "papertrain-mn-zero3-8b-r1")
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     pod = job["spec"]["template"]
     service = by_name(docs["Service"], pod["spec"]["subdomain"])
-    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "8"
-    assert env["MASTER_ADDR"] == f"papertrain-mn-gpu-8x2-r1-0.{service['metadata']['name']}"
+    # Pod 0 of an indexed Job is named <job>-0 and reachable as <job>-0.<subdomain service>.
+    assert env["MASTER_ADDR"] == f"papertrain-mn-zero3-8b-r1-0.{service['metadata']['name']}"
     assert env["MASTER_PORT"] == "29500" and env["RDZV_ENDPOINT"] == f"{env['MASTER_ADDR']}:29500"
     assert env["NODE_RANK"] == {
         "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
     }
-    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
-    assert "papertrain-worker-gpu-8x2" not in {d["metadata"]["name"] for d in docs["Deployment"]}
+    assert container["command"] == [
+        "python", "-m", "torch.distributed.run", "--nproc-per-node=$(NPROC_PER_NODE)", "--nnodes=$(NNODES)",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=$(RDZV_ENDPOINT)", "--rdzv-id=papertrain-mn-zero3-8b-r1",
+        "-m", "engine.train", "--spec", "/var/lib/papertrain/specs/zero3-8b.json",
+        "--out", "/var/lib/papertrain/jobs/zero3-8b",
+    ]  # fmt: skip
+    assert "PAPERTRAIN_WORKER_QUEUES" not in env and "readinessProbe" not in container
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
+def test_the_engine_command_of_a_multi_node_job_is_the_workers(gpu_render):
+    # The chart starts on each machine what the worker would start there (worker/runner.py).
+    import inspect
+
+    from worker.runner import engine_command
+
+    if "machines" not in inspect.signature(engine_command).parameters:
+        pytest.skip("worker/runner.py does not launch jobs over several machines yet")
+    _, docs = gpu_render
+    command = by_name(docs["Job"], "papertrain-mn-zero3-8b-r1")["spec"]["template"]["spec"]["containers"][0]
+    expected = engine_command(
+        "python", Path("/var/lib/papertrain/specs/zero3-8b.json"), Path("/var/lib/papertrain/jobs/zero3-8b"),
+        resume=False, processes=16, machines=2, rendezvous="$(RDZV_ENDPOINT)",
+        job_id="papertrain-mn-zero3-8b-r1",
+    )  # fmt: skip
+    rendered = [a.replace("$(NPROC_PER_NODE)", "8").replace("$(NNODES)", "2") for a in command["command"]]
+    assert rendered == expected
 
 
 def test_ingress_routes_to_the_api_service_with_tls(gpu_render):

@@ -1,8 +1,10 @@
-{{/* The pod spec of a worker pool: (dict "root" $ "pool" $pool [ "extraEnv" list ]) */}}
+{{/* The pod spec of a worker pool, or of a multi-node job's pods:
+(dict "root" $ "pool" $pool [ "gpus" N "command" list "extraEnv" list ]). Without "command" it runs a
+worker for the pool's queues. */}}
 {{- define "papertrain.workerPodSpec" -}}
 {{- $root := .root }}
 {{- $pool := .pool }}
-{{- $gpus := int ($pool.gpus | default 0) }}
+{{- $gpus := int (.gpus | default $pool.gpus | default 0) }}
 serviceAccountName: {{ include "papertrain.fullname" $root }}
 automountServiceAccountToken: false
 terminationGracePeriodSeconds: {{ $pool.terminationGracePeriodSeconds | default 120 }}
@@ -16,16 +18,20 @@ containers:
   - name: worker
     image: {{ include "papertrain.image" (dict "root" $root "image" $pool.image) }}
     imagePullPolicy: {{ $pool.image.pullPolicy | default "IfNotPresent" }}
-    command: [papertrain, worker]
+    command:
+      {{- toYaml (.command | default (list "papertrain" "worker")) | nindent 6 }}
     env:
       {{- include "papertrain.env" $root | nindent 6 }}
+      {{- with $pool.queues }}
       - name: PAPERTRAIN_WORKER_QUEUES
-        value: {{ join "," $pool.queues | quote }}
+        value: {{ join "," . | quote }}
+      {{- end }}
       {{- with .extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
     envFrom:
       {{- include "papertrain.envFrom" $root | nindent 6 }}
+    {{- if not .command }}
     # No liveness probe: the worker is the container's main process, and a database or broker outage
     # must not restart a worker in the middle of a job. Readiness shows whether it can take jobs.
     readinessProbe:
@@ -34,6 +40,7 @@ containers:
       periodSeconds: 30
       timeoutSeconds: 15
       failureThreshold: 3
+    {{- end }}
     resources:
       {{- $resources := deepCopy ($pool.resources | default dict) }}
       {{- if gt $gpus 0 }}
