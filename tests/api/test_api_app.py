@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import api.web
 from api.main import create_app
 from core.db import NotMigratedError
 from core.settings import Settings
@@ -39,6 +40,12 @@ def test_healthz(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
 
 
+needs_web_assets = pytest.mark.skipif(
+    bool(api.web.missing_assets()), reason="web assets not installed: `make install` runs npm ci in web/"
+)
+
+
+@needs_web_assets
 def test_dashboard_is_served(client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "papertrain" in page.text
@@ -78,6 +85,7 @@ def test_operation_ids_are_stable(app) -> None:
     }
 
 
+@needs_web_assets
 def test_docs_are_served_without_a_cdn(client) -> None:
     page = client.get("/docs")
     assert page.status_code == 200

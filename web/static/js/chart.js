@@ -4,6 +4,13 @@
 import uPlot from "/vendor/uplot/uPlot.esm.js";
 import { fmtNumber, h } from "./dom.js";
 
+// Axis labels short enough to fit: 2e-5, 0.0035, 12.5, 1.2e+6.
+function tick(v) {
+  if (v === 0 || v === null) return v === 0 ? "0" : "";
+  const a = Math.abs(v);
+  return a < 1e-3 || a >= 1e5 ? v.toExponential(1).replace(".0e", "e") : String(Number(v.toPrecision(4)));
+}
+const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 25000, 50000, 100000, 200000, 500000, 1e6];
 export const COLORS = ["#2f6fde", "#e8710a", "#1e8e3e", "#a142f4", "#d93025", "#12a4af", "#f9ab00", "#5f6368"];
 
 // Exponential moving average with TensorBoard's debiasing, so the first points are not pulled to 0.
@@ -83,7 +90,7 @@ export class MetricChart {
       ...this.size(),
       cursor: { drag: { x: true, y: false } },
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, { values: (u, ticks) => ticks.map(fmtNumber), size: 60 }],
+      axes: [{ label: "step", incrs: STEP_INCRS }, { values: (u, ticks) => ticks.map(tick), size: 64 }],
       legend: { live: true },
       series: [
         { label: "step" },
@@ -163,7 +170,7 @@ export class ChartPanel {
     const selected = [...(this.selected || [])].filter((k) => this.data[k]);
     this.empty.hidden = this.keys.length > 0;
     for (const [key, chart] of this.charts) if (!selected.includes(key)) { chart.destroy(); this.charts.delete(key); }
-    for (const key of this.keys.filter((k) => selected.includes(k))) {
+    for (const key of defaultMetrics(this.keys, this.keys.length).filter((k) => selected.includes(k))) {
       if (!this.charts.has(key)) this.charts.set(key, new MetricChart(this.grid, key));
       this.charts.get(key).update(this.data[key], this.controls);
     }

@@ -40,7 +40,13 @@ export async function render(root, params) {
   const checkBtn = h("button", { type: "button", id: "check", text: "Check (dry run)" });
   const launchBtn = h("button", { type: "submit", form: "launch-form", id: "launch", class: "primary", text: "Launch" });
   root.append(h("div", { class: "bar" }, h("h1", { text: "Launch a run" }), h("span", { class: "spacer" }), modeBtn),
-    form, rawBox, formErrors, review, h("div", { class: "bar actions" }, checkBtn, launchBtn));
+    h("div", { class: "launch-layout" },
+      h("div", { class: "launch-main" }, form, rawBox),
+      h("aside", { class: "launch-side" },
+        h("div", { class: "bar actions" }, checkBtn, launchBtn),
+        formErrors,
+        h("p", { class: "muted", id: "review-hint", text: "Check asks the server for a dry run: the resolved spec, its difference from the preset and any warnings appear here; errors appear next to their fields." }),
+        review)));
 
   let readBody = () => ({});
   let rawMode = false;

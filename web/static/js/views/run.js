@@ -7,7 +7,7 @@ import {
   ACTIVE, errorBox, flatten, fmtDuration, fmtTime, fmtValue, h, jobDuration, parseTime, statusBadge,
 } from "../dom.js";
 
-const REFRESH_MS = 2000;
+const REFRESH_MS = 2000; // polling period where the event stream is unavailable
 const EVENT_KINDS = "status,log,checkpoint,error,done";
 
 function datasetText(ds) {
@@ -43,7 +43,7 @@ function levelOf(ev) {
 export async function render(root, params) {
   const id = params.id;
   const state = { job: null, events: [], eventsAfter: 0, samples: new Map(), samplesAfter: 0, sampleStep: null,
-    followSamples: true, level: "", stopped: false, timer: null };
+    followSamples: true, level: "", stopped: false, timer: null, streaming: false, noStream: false, abort: null };
 
   const header = h("section", { class: "card run-header" });
   const actionsError = h("div");
@@ -69,7 +69,7 @@ export async function render(root, params) {
   async function act(action) {
     if (action === "cancel" && !window.confirm(`Cancel run ${state.job.name || id}? A running job stops at its next step.`)) return;
     actionsError.replaceChildren();
-    try { state.job = await api(`/v1/jobs/${id}/${action}`, { method: "POST" }); schedule(0); }
+    try { state.job = await api(`/v1/jobs/${id}/${action}`, { method: "POST" }); clearTimeout(state.timer); state.timer = null; schedule(0); }
     catch (err) { actionsError.replaceChildren(errorBox(err)); }
   }
 
@@ -83,7 +83,7 @@ export async function render(root, params) {
         h("time", { datetime: ev.created_at, text: parseTime(ev.created_at).toLocaleTimeString() }))));
     const fact = (label, value) => (value === null || value === undefined || value === "" ? null :
       h("div", {}, h("dt", { text: label }), h("dd", {}, value)));
-    header.replaceChildren(
+    header.replaceChildren(...[
       h("div", { class: "bar" },
         h("h1", { id: "run-title", text: job.name || job.id }), statusBadge(job.status),
         h("span", { class: "spacer" }),
@@ -106,7 +106,7 @@ export async function render(root, params) {
         fact("Attempt", `${job.attempt} of ${job.max_attempts}`),
         fact("Created", fmtTime(job.created_at)),
         fact("Queue", job.queue),
-        fact("MLflow run", job.mlflow_run_id)));
+        fact("MLflow run", job.mlflow_run_id))].filter(Boolean));
   }
 
   function renderEvents() {
@@ -154,13 +154,13 @@ export async function render(root, params) {
 
   function renderCheckpoints(list, job) {
     if (!list.checkpoints.length) { checkpointsBody.replaceChildren(h("p", { class: "muted", text: "No checkpoints yet." })); return; }
-    checkpointsBody.replaceChildren(h("table", { class: "checkpoints" },
+    checkpointsBody.replaceChildren(h("div", { class: "table-wrap" }, h("table", { class: "checkpoints" },
       h("thead", {}, h("tr", {}, ...["Step", "Saved", "Path", ""].map((t) => h("th", { scope: "col", text: t })))),
       h("tbody", {}, ...list.checkpoints.map((c) => h("tr", {},
         h("td", { text: c.step ?? "" }), h("td", { text: fmtTime(c.created_at) }),
         h("td", {}, h("code", { text: c.path })),
         h("td", {}, c.step != null ? h("button", { type: "button", class: "download", "data-step": String(c.step),
-          text: "Download", onclick: () => download(job.id, c.step) }) : null))))));
+          text: "Download", onclick: () => download(job.id, c.step) }) : null)))))));
   }
 
   // The API wants the bearer token, which a plain link cannot send: fetch, then save the blob.
@@ -229,13 +229,45 @@ export async function render(root, params) {
     return job;
   }
 
+  // Live updates: the job's server-sent event stream says when something happened; each burst of events
+  // triggers one refresh (at most one per second). Where the stream is unavailable, poll.
+  async function follow() {
+    state.streaming = true;
+    state.abort = new AbortController();
+    try {
+      const after = Math.max(state.eventsAfter, state.samplesAfter);
+      const res = await fetch(`/v1/jobs/${id}/events/stream?after=${after}&heartbeat_s=10`,
+        { headers: { Authorization: `Bearer ${auth.token}` }, signal: state.abort.signal });
+      if (!res.ok || !res.body) throw new ApiError(res.status, null);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        const frames = buffer.split("\n\n");
+        buffer = frames.pop();
+        if (frames.some((f) => /^event:/m.test(f))) schedule(1000);
+      }
+    } catch (err) {
+      if (state.stopped) return;
+      state.noStream = true;
+    } finally {
+      state.streaming = false;
+    }
+    if (!state.stopped) schedule(0);
+  }
+
   function schedule(ms) {
-    clearTimeout(state.timer);
+    if (state.timer) return;
     state.timer = setTimeout(async () => {
+      state.timer = null;
       try {
         const job = await refresh(false);
         actionsError.replaceChildren();
-        if (ACTIVE.has(job.status)) schedule(REFRESH_MS);
+        if (ACTIVE.has(job.status) && !state.streaming) {
+          if (state.noStream) schedule(REFRESH_MS); else follow();
+        }
       } catch (err) {
         if (!state.stopped) { actionsError.replaceChildren(errorBox(err)); schedule(REFRESH_MS * 2); }
       }
@@ -244,9 +276,14 @@ export async function render(root, params) {
 
   try {
     const job = await refresh(true);
-    if (ACTIVE.has(job.status)) schedule(REFRESH_MS);
+    if (ACTIVE.has(job.status)) follow();
   } catch (err) {
     root.replaceChildren(h("h1", { text: `Run ${id}` }), errorBox(err));
   }
-  return () => { state.stopped = true; clearTimeout(state.timer); panel.destroy(); };
+  return () => {
+    state.stopped = true;
+    clearTimeout(state.timer);
+    if (state.abort) state.abort.abort();
+    panel.destroy();
+  };
 }

@@ -1,0 +1,168 @@
+"""The dashboard in chromium against a running platform (api + real worker, SQLite): sign in and out
+without leaving data on screen, launch a paper preset from the gallery and watch its curves and samples
+arrive live, cancel it; form errors come from the server and sit next to their inputs; compare two
+runs; /docs renders offline. Any console error fails a test (see conftest)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SFT = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"builtin": "chat", "num_rows": 16}}
+
+
+@pytest.fixture(scope="module")
+def two_finished_runs(platform) -> list[str]:
+    """Two short SFT runs that differ in learning rate, submitted through the API."""
+    ids = []
+    for lr in (1e-3, 3e-3):
+        body = {
+            **SFT,
+            "name": f"sft-lr-{lr}",
+            "config": {"max_steps": 3, "learning_rate": lr, "logging_steps": 1},
+        }
+        res = platform.call("alice", "POST", "/v1/jobs", json=body)
+        assert res.status_code == 201, res.text
+        ids.append(res.json()["id"])
+    for job_id in ids:
+        assert platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)["status"] == "succeeded"
+    return ids
+
+
+def test_sign_in_shows_the_user_and_sign_out_leaves_nothing(page, platform, login, console) -> None:
+    job = platform.call("alice", "POST", "/v1/jobs", json={**SFT, "name": "alice-secret-run"}).json()
+    platform.call("alice", "POST", f"/v1/jobs/{job['id']}/cancel")
+
+    console.expect(401, "/v1/me")
+    page.goto("/")
+    page.fill("#token", "pt_not-a-token")
+    page.press("#token", "Enter")
+    page.wait_for_selector("#login-error:has-text('not accepted')")
+
+    login(page, "alice")
+    assert page.locator("#login-error").inner_text() == ""  # the stale error is gone
+    page.wait_for_selector("text=alice-secret-run")
+
+    page.click("#logout")
+    page.wait_for_selector("#login", state="visible")
+    assert "alice-secret-run" not in page.locator("body").inner_text()
+    assert page.locator("#whoami").inner_text() == ""
+    assert page.evaluate("localStorage.length") == 0
+    assert page.locator("#view").evaluate("el => el.children.length") == 0
+
+    login(page, "bob")
+    page.wait_for_selector("#runs-table")
+    page.wait_for_selector("text=No runs match.")
+    assert "alice-secret-run" not in page.locator("body").inner_text()
+
+
+def test_form_errors_come_from_the_server_and_point_at_the_input(page, platform, login, console) -> None:
+    login(page, "alice")
+    page.goto("/#/launch?algorithm=sft")
+    page.fill("#f-model", "tiny:llama")
+    page.fill("[data-param='config.warmup_ratio'] input", "7")
+    console.expect(422, "/v1/jobs:validate")
+    page.click("#check")
+
+    field = page.locator("[data-param='config.warmup_ratio']")
+    field.locator(".field-error:not(:empty)").wait_for()
+    shown = field.locator(".field-error").inner_text()
+    body = {
+        "algorithm": "sft",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "chat"},
+        "config": {"warmup_ratio": 7},
+    }
+    server = platform.call("alice", "POST", "/v1/jobs:validate", json=body).json()["error"]
+    assert server["param"] == "config.warmup_ratio"
+    assert shown == next(
+        d["message"] for d in server.get("details", [server]) if d["param"] == server["param"]
+    )
+    assert page.locator("#f-config-warmup_ratio").get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "f-config-warmup_ratio"
+
+    page.fill("#f-config-warmup_ratio", "0.1")  # fixed: the dry run now passes and shows the resolved spec
+    page.click("#check")
+    page.wait_for_selector("#resolved-spec")
+    assert '"warmup_ratio": 0.1' in page.locator("#resolved-spec").inner_text()
+    assert page.locator(".field-error:not(:empty)").count() == 0
+
+
+def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, login, screenshot) -> None:
+    login(page, "alice")
+    page.click("nav >> text=Presets")
+    card = page.locator("#preset-gspo")
+    assert card.get_attribute("data-runnable") == "true"
+    assert card.locator("a[href*='arxiv.org/abs/2507.18071']").count() == 1
+    screenshot(page, "gallery")
+    card.locator("text=Launch").click()
+
+    page.wait_for_selector("#f-preset")
+    assert page.locator("#f-preset").input_value() == "gspo"
+    assert (
+        page.locator("[data-param='config.importance_sampling_level'] .tag").count() == 1
+    )  # fixed by the preset
+    page.fill("#f-name", "gspo-browser")
+    page.fill("#f-model", "tiny:llama")
+    page.fill("#f-dataset-num_rows", "64")
+    page.locator("summary", has_text="Logging & checkpoints").click()
+    for key, value in {
+        "max_steps": "400",
+        "num_generations": "2",
+        "per_device_train_batch_size": "4",
+        "max_completion_length": "8",
+        "logging_steps": "1",
+        "save_steps": "2",
+        "steps_per_generation": "2",
+    }.items():
+        page.fill(f"#f-config-{key}", value)
+    page.click("#check")
+    page.wait_for_selector("#preset-diff")
+    assert "steps_per_generation" in page.locator("#preset-diff").inner_text()  # 4 in the paper, 2 here
+    screenshot(page, "launch-form", full_page=False)
+    page.click("#launch")
+
+    page.wait_for_url(re.compile(r"#/runs/job_"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#run-title:has-text('gspo-browser')")
+    # live: no reload from here on
+    page.wait_for_selector("figure.chart canvas", timeout=180_000)
+    page.wait_for_selector("#samples-table tbody tr", timeout=180_000)
+    page.wait_for_function("document.querySelectorAll('#sample-step option').length >= 2", timeout=180_000)
+    rows = page.locator("#samples-table tbody tr")
+    assert rows.count() >= 1 and rows.first.locator("td").nth(2).inner_text() != ""
+    page.click("#sample-prev")
+    assert page.locator("#sample-step").input_value() != page.locator(
+        "#sample-step option"
+    ).last.get_attribute("value")
+    assert page.locator(".timeline").inner_text().count("running") == 1
+    page.wait_for_selector("#checkpoints .download")
+    screenshot(page, "run-page", full_page=True)
+
+    page.click("#cancel")
+    page.wait_for_selector(".run-header .badge.status-cancelled", timeout=120_000)
+    assert platform.call("alice", "GET", f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_compare_two_runs(page, login, two_finished_runs, screenshot) -> None:
+    login(page, "alice")
+    page.goto("/#/runs")
+    for job_id in two_finished_runs:
+        page.check(f"tr[data-id='{job_id}'] input[type=checkbox]")
+    page.click("#compare-picked")
+    page.wait_for_selector("figure.chart[data-metric='train/loss'] canvas")
+    legend = page.locator("figure.chart[data-metric='train/loss'] .u-legend .u-series")
+    assert legend.count() == 3  # the step axis and one line per run
+    diff = page.locator("#spec-diff tbody").inner_text()
+    assert "config.learning_rate" in diff and "0.001" in diff and "0.003" in diff
+    assert "model" not in [row.split("\t")[0] for row in diff.splitlines()]  # equal keys hidden
+    screenshot(page, "compare", full_page=True)
+
+
+def test_docs_render_offline(page) -> None:
+    page.goto("/docs")
+    page.wait_for_selector(".swagger-ui .info .title:has-text('papertrain')")
+    page.wait_for_selector(".opblock-summary-path:has-text('/v1/jobs')")
