@@ -14,9 +14,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SFT = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"builtin": "chat", "num_rows": 16}}
 
 
-@pytest.fixture(scope="module")
-def two_finished_runs(platform) -> list[str]:
-    """Two short SFT runs that differ in learning rate, submitted through the API."""
+@pytest.fixture(scope="module", autouse=True)
+def two_sft_runs(platform) -> list[str]:
+    """Two short SFT runs that differ in learning rate, submitted through the API when the module starts,
+    so they train while the first tests drive the browser."""
     ids = []
     for lr in (1e-3, 3e-3):
         body = {
@@ -27,9 +28,13 @@ def two_finished_runs(platform) -> list[str]:
         res = platform.call("alice", "POST", "/v1/jobs", json=body)
         assert res.status_code == 201, res.text
         ids.append(res.json()["id"])
-    for job_id in ids:
-        assert platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)["status"] == "succeeded"
     return ids
+
+
+def test_docs_render_offline(page) -> None:
+    page.goto("/docs")
+    page.wait_for_selector(".swagger-ui .info .title:has-text('papertrain')")
+    page.wait_for_selector(".opblock-summary-path:has-text('/v1/jobs')")
 
 
 def test_sign_in_shows_the_user_and_sign_out_leaves_nothing(page, platform, login, console) -> None:
@@ -120,7 +125,7 @@ def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, logi
     }.items():
         page.fill(f"#f-config-{key}", value)
     page.click("#check")
-    page.wait_for_selector("#preset-diff")
+    page.wait_for_selector("#preset-diff", timeout=60_000)
     assert "steps_per_generation" in page.locator("#preset-diff").inner_text()  # 4 in the paper, 2 here
     screenshot(page, "launch-form", full_page=False)
     page.click("#launch")
@@ -131,7 +136,8 @@ def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, logi
     # live: no reload from here on
     page.wait_for_selector("figure.chart canvas", timeout=180_000)
     page.wait_for_selector("#samples-table tbody tr", timeout=180_000)
-    page.wait_for_function("document.querySelectorAll('#sample-step option').length >= 2", timeout=180_000)
+    # a second logged step arrives without a reload (the page's CSP forbids wait_for_function's eval)
+    page.locator("#sample-step option").nth(1).wait_for(state="attached", timeout=180_000)
     rows = page.locator("#samples-table tbody tr")
     assert rows.count() >= 1 and rows.first.locator("td").nth(2).inner_text() != ""
     page.click("#sample-prev")
@@ -147,10 +153,12 @@ def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, logi
     assert platform.call("alice", "GET", f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
 
 
-def test_compare_two_runs(page, login, two_finished_runs, screenshot) -> None:
+def test_compare_two_runs(page, platform, login, two_sft_runs, screenshot) -> None:
+    for job_id in two_sft_runs:
+        assert platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)["status"] == "succeeded"
     login(page, "alice")
     page.goto("/#/runs")
-    for job_id in two_finished_runs:
+    for job_id in two_sft_runs:
         page.check(f"tr[data-id='{job_id}'] input[type=checkbox]")
     page.click("#compare-picked")
     page.wait_for_selector("figure.chart[data-metric='train/loss'] canvas")
@@ -160,9 +168,3 @@ def test_compare_two_runs(page, login, two_finished_runs, screenshot) -> None:
     assert "config.learning_rate" in diff and "0.001" in diff and "0.003" in diff
     assert "model" not in [row.split("\t")[0] for row in diff.splitlines()]  # equal keys hidden
     screenshot(page, "compare", full_page=True)
-
-
-def test_docs_render_offline(page) -> None:
-    page.goto("/docs")
-    page.wait_for_selector(".swagger-ui .info .title:has-text('papertrain')")
-    page.wait_for_selector(".opblock-summary-path:has-text('/v1/jobs')")

@@ -19,6 +19,8 @@ export function kindOf(prop, root) {
     const v = real[0];
     if (v.enum) return { type: "enum", nullable, options: v.enum };
     if (v.const !== undefined) return { type: "enum", nullable, options: [v.const] };
+    // a nullable boolean has three states (unset, true, false): a select, not a checkbox
+    if (v.type === "boolean" && nullable) return { type: "enum", nullable, options: [true, false] };
     if (["integer", "number", "boolean", "string"].includes(v.type)) return { type: v.type, nullable };
   }
   return { type: "json", nullable };

@@ -239,7 +239,8 @@ export async function render(root, params) {
     return h("table", { class: "diff", id: "preset-diff" },
       h("thead", {}, h("tr", {}, h("th", { text: "Key" }), h("th", { text: `Preset ${preset.id}` }), h("th", { text: "This run" }))),
       h("tbody", {}, ...rows.map(([k, a, b]) => h("tr", {}, h("th", { scope: "row", text: k }),
-        h("td", {}, h("code", { class: "old", text: fmtValue(a) })), h("td", {}, h("code", { class: "new", text: fmtValue(b) }))))));
+        h("td", {}, a === null || a === undefined ? h("span", { class: "muted", text: "not fixed" }) : h("code", { class: "old", text: fmtValue(a) })),
+        h("td", {}, h("code", { class: "new", text: fmtValue(b) }))))));
   }
 
   async function check() {
