@@ -96,7 +96,9 @@ def test_form_errors_come_from_the_server_and_point_at_the_input(page, platform,
     assert page.locator(".field-error:not(:empty)").count() == 0
 
 
-def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, login, screenshot) -> None:
+def test_gallery_launch_live_curves_and_samples_then_cancel(
+    page, platform, login, console, screenshot
+) -> None:
     login(page, "alice")
     page.click("nav >> text=Presets")
     card = page.locator("#preset-gspo")
@@ -124,9 +126,17 @@ def test_gallery_launch_live_curves_and_samples_then_cancel(page, platform, logi
         "steps_per_generation": "2",
     }.items():
         page.fill(f"#f-config-{key}", value)
+    # steps_per_generation is part of GSPO's objective (4 in the paper): the server wants it confirmed
+    console.expect(422, "/v1/jobs:validate")
+    page.click("#check")
+    field = page.locator("[data-param='config.steps_per_generation']")
+    field.locator(".field-error:not(:empty)").wait_for(timeout=60_000)
+    assert "objective" in field.locator(".field-error").inner_text()
+    page.check("#f-override")
     page.click("#check")
     page.wait_for_selector("#preset-diff", timeout=60_000)
-    assert "steps_per_generation" in page.locator("#preset-diff").inner_text()  # 4 in the paper, 2 here
+    row = page.locator("#preset-diff tr", has_text="config.steps_per_generation")
+    assert "objective" in row.inner_text() and row.locator("code.new").inner_text() == "2"
     screenshot(page, "launch-form", full_page=False)
     page.click("#launch")
 

@@ -28,7 +28,11 @@ export async function render(root, params) {
       initial = structuredClone(job.spec_submitted);
       initial.name = job.name ? `${job.name} (copy)` : undefined;
     } catch (err) { root.append(errorBox(err)); }
-  } else if (params.preset) initial = { preset: params.preset, config: {} };
+  } else if (params.preset) {
+    // "apply": start from the smallest change the server checked makes this preset run here
+    const change = (params.apply && presetById[params.preset]?.runnable_change) || {};
+    initial = { ...structuredClone(change), preset: params.preset, config: { ...(change.config || {}) } };
+  }
   else if (params.algorithm) initial = { algorithm: params.algorithm, config: {} };
 
   const formErrors = h("div", { id: "form-errors" });
@@ -66,6 +70,7 @@ export async function render(root, params) {
     const presetSelect = h("select", { id: "f-preset" }, h("option", { value: "", text: "(none: choose the algorithm)" }),
       ...presets.map((p) => h("option", { value: p.id, text: `${p.id} — ${p.algorithm}${p.runnable ? "" : " (not runnable here)"}` })));
     presetSelect.value = preset ? preset.id : "";
+    const overrideBox = h("input", { type: "checkbox", id: "f-override", checked: Boolean(body.override_preset_objective) });
     const algoSelect = h("select", { id: "f-algorithm", disabled: Boolean(preset) },
       ...algorithms.map((a) => h("option", { value: a.id, text: `${a.id}${a.runnable ? "" : " (not runnable here)"}` })));
     algoSelect.value = algorithm;
@@ -78,6 +83,10 @@ export async function render(root, params) {
         h("span", { class: "help", text: preset ? `${preset.title}. ${preset.notes || ""}` : "Optional: a preset fixes the values its paper gives." }),
         h("span", { class: "field-error" })),
       h("div", { class: "field", dataset: { param: "algorithm" } }, h("label", { for: "f-algorithm", text: "Algorithm" }), algoSelect,
+        h("span", { class: "field-error" })),
+      h("div", { class: "field", dataset: { param: "override_preset_objective" }, hidden: !preset },
+        h("label", { class: "check" }, overrideBox, " change values that define the preset's objective"),
+        h("span", { class: "help", text: "Batch sizes, steps, lengths and the learning rate are yours to scale; a loss setting the preset fixes changes only with this ticked, and the run records which." }),
         h("span", { class: "field-error" })));
 
     // What to train.
@@ -200,6 +209,7 @@ export async function render(root, params) {
 
     readBody = () => {
       const out = preset ? { preset: preset.id } : { algorithm };
+      if (preset && overrideBox.checked) out.override_preset_objective = true;
       const name = nameField.read();
       if (name) out.name = name;
       out.model = modelField.read();
@@ -230,7 +240,7 @@ export async function render(root, params) {
     const preset = body.preset ? presetById[body.preset] : null;
     const rows = [];
     if (result && result.preset_diff) {
-      rows.push(...result.preset_diff.map((d) => [d.param, d.preset_value, d.value]));
+      rows.push(...result.preset_diff.map((d) => [d.param, d.preset_fixed === false ? null : d.preset_value, d.value, d.objective]));
     } else if (preset) {
       for (const [k, v] of Object.entries(body.config || {})) if (k in preset.config && JSON.stringify(preset.config[k]) !== JSON.stringify(v)) rows.push([`config.${k}`, preset.config[k], v]);
     }
@@ -238,7 +248,7 @@ export async function render(root, params) {
     if (!rows.length) return h("p", { class: "muted", text: `Every value ${preset.id} fixes is kept.` });
     return h("table", { class: "diff", id: "preset-diff" },
       h("thead", {}, h("tr", {}, h("th", { text: "Key" }), h("th", { text: `Preset ${preset.id}` }), h("th", { text: "This run" }))),
-      h("tbody", {}, ...rows.map(([k, a, b]) => h("tr", {}, h("th", { scope: "row", text: k }),
+      h("tbody", {}, ...rows.map(([k, a, b, objective]) => h("tr", {}, h("th", { scope: "row" }, k, objective ? h("span", { class: "tag", text: "objective" }) : null),
         h("td", {}, a === null || a === undefined ? h("span", { class: "muted", text: "not fixed" }) : h("code", { class: "old", text: fmtValue(a) })),
         h("td", {}, h("code", { class: "new", text: fmtValue(b) }))))));
   }

@@ -11,7 +11,8 @@ function arxivUrl(url) {
 
 function card(p) {
   const fixed = Object.entries({ ...p.config, ...Object.fromEntries(Object.entries(p.job || {}).map(([k, v]) => [k, v])) });
-  const reason = p.reason || p.runnable_reason || (p.runnable ? "" : `algorithm ${p.algorithm} cannot be trained by this platform's workers yet`);
+  const reason = p.runnable_reason || `algorithm ${p.algorithm} cannot be trained by this platform's workers yet`;
+  const change = p.runnable_change;
   return h("article", { class: "card preset", id: `preset-${p.id}`, dataset: { preset: p.id, runnable: String(p.runnable) } },
     h("header", {},
       h("h2", { text: p.title }),
@@ -23,12 +24,16 @@ function card(p) {
     h("details", { class: "fixed" }, h("summary", { text: `Fixes ${fixed.length} value${fixed.length === 1 ? "" : "s"}` }),
       h("dl", { class: "kv-list" }, ...fixed.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, h("code", { text: fmtValue(v) }))]))),
     p.notes ? h("p", { class: "notes", text: p.notes }) : null,
+    p.runnable ? null : h("div", { class: "not-runnable" },
+      h("p", { class: "warn", text: `Does not run here as shipped: ${reason}` }),
+      change ? h("p", { class: "small" }, "Smallest change that runs: ", h("code", { text: JSON.stringify(change) })) : null),
     h("footer", {},
-      p.runnable
-        ? h("span", { class: "ok", text: "✓ Runs on the live workers" })
-        : h("span", { class: "warn", text: `Not runnable here: ${reason}` }),
-      h("a", { class: "button primary", href: `#/launch?preset=${encodeURIComponent(p.id)}`, text: "Launch",
-        "aria-label": `Launch ${p.id}` })));
+      p.runnable ? h("span", { class: "ok", text: "✓ Runs on the live workers" }) : h("span"),
+      h("span", { class: "buttons" },
+        !p.runnable && change ? h("a", { class: "button", href: `#/launch?preset=${encodeURIComponent(p.id)}&apply=1`,
+          text: "Launch with the change", "aria-label": `Launch ${p.id} with the change` }) : null,
+        h("a", { class: "button primary", href: `#/launch?preset=${encodeURIComponent(p.id)}`, text: "Launch",
+          "aria-label": `Launch ${p.id}` }))));
 }
 
 export async function render(root, params) {
