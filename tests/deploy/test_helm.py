@@ -93,9 +93,27 @@ def test_lint_reports_a_broken_template(tools_python, tmp_path):
             },
             "keda.redis.address is required",
         ),
+        (  # a misspelt key is named by values.schema.json instead of being ignored
+            {"workerPools": [{"name": "gpu-1", "queues": ["gpu-1"], "image": {"repository": "w"}, "gpu": 1}]},
+            "at '/workerPools/0': additional properties 'gpu' not allowed",
+        ),
+        (
+            {
+                "multiNodeJobs": [
+                    {
+                        "name": "big",
+                        "spec": "s.json",
+                        "nodes": 1,
+                        "gpusPerNode": 8,
+                        "image": {"repository": "w"},
+                    }
+                ]
+            },
+            "at '/multiNodeJobs/0/nodes'",
+        ),
     ],
 )
-def test_missing_required_values_are_refused_naming_them(tools_python, tmp_path, values, message):
+def test_missing_or_wrong_values_are_refused_naming_them(tools_python, tmp_path, values, message):
     file = tmp_path / "values.yaml"
     file.write_text(yaml.safe_dump(values))
     done = helm(tools_python, "template", str(CHART), "-f", str(file), "--out", str(tmp_path / "out"))
