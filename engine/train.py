@@ -11,7 +11,8 @@ micro-step boundary and saves nothing extra). Settings read from the environment
 `PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default
 `./var/uploads`). When `PAPERTRAIN_DATA_ROOTS` is set (a worker always sets it, maybe empty) the job is
 confined: datasets only from uploads and those roots, `http` rewards only to `PAPERTRAIN_HTTP_REWARD_URLS`,
-rows and files at most `PAPERTRAIN_MAX_ROW_BYTES` / `PAPERTRAIN_MAX_UPLOAD_BYTES`.
+rows and files at most `PAPERTRAIN_MAX_ROW_BYTES` / `PAPERTRAIN_MAX_UPLOAD_BYTES`. `PAPERTRAIN_VLLM_*`: where
+the vLLM rollout server lives (`ServerOptions`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         cache = os.environ.get("PAPERTRAIN_MODEL_CACHE")
+        from engine.rollout.vllm_server import ServerOptions
+
         ctx = TrainContext.for_spec(
             spec,
             out,
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
             resume=args.resume,
             cache_dir=Path(cache) if cache else None,
             uploads_dir=Path(os.environ.get("PAPERTRAIN_UPLOADS_DIR", "var/uploads")),
+            rollout_server=ServerOptions.from_env(os.environ),
             stop=stop,
         )
         ctx.check_stop()

@@ -75,6 +75,7 @@ class TrainContext:
     cache_dir: Path | None = None  # model cache (None: engine.models.default_cache_dir())
     uploads_dir: Path = Path("var/uploads")  # where uploaded dataset files live
     step: int = 0  # the last completed optimizer step (kept up to date by the loops)
+    rollout_server: Any = None  # engine.rollout.vllm_server.ServerOptions for vllm_mode 'server'
 
     @classmethod
     def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:

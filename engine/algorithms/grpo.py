@@ -53,12 +53,20 @@ from engine.algorithms.step import OptimizerStep
 from engine.data import expect_format, load_rows
 from engine.functional import GlobalCounts
 from engine.logprobs import token_logprobs
-from engine.losses import PolicyBatch, PolicyLossConfig, entropy_threshold, high_entropy_mask, policy_loss
+from engine.losses import (
+    PolicyBatch,
+    PolicyLossConfig,
+    entropy_threshold,
+    high_entropy_mask,
+    policy_loss,
+    vllm_is_metrics,
+)
 from engine.models import is_peft_model, load_policy, load_reference, load_tokenizer, save_model
 from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
 from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
 from engine.rollout.prompts import PromptEncoder, PromptSampler, display_prompt
+from engine.rollout.vllm_server import ServerOptions
 from engine.spec.grpo import GRPOConfig
 
 FORMATS = ("prompt_only", "prompt_completion")
@@ -117,6 +125,7 @@ class Counters:
     policy_forwards: int = 0
     completions_sampled: int = 0  # completions in the generation batches (dynamic sampling's spares too)
     completions_scored: int = 0  # completions given an advantage (after the GFPO filter)
+    stale_slices_dropped: int = 0  # slices refused because their policy lag exceeded max_policy_lag
 
 
 Advantages = Callable[[torch.Tensor, int, ScoredRollout], tuple[torch.Tensor, dict[str, float]]]
@@ -232,7 +241,7 @@ class GRPOTrainer:
             repetition_penalty=cfg.repetition_penalty,
         )
         self.backend = self._make_backend()
-        self.weights_changed = False
+        self.weights_changed = self.backend.needs_first_sync
         self.queue: list[Slice] = []
         self._step_entropy: Any = 0.0
         self.last_rollout: ScoredRollout | None = None
@@ -240,17 +249,31 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------ set-up
 
     def _make_backend(self) -> Any:
-        if not self.cfg.use_vllm:
+        cfg = self.cfg
+        if not cfg.use_vllm:
             return make_backend("hf", model=self.model, device=self.ctx.device)
-        # vLLM starts from full weights on disk (LoRA merged into a copy); later syncs go through memory.
+        # vLLM starts from full weights on disk (LoRA merged into a copy); later syncs send the weights.
         model = copy.deepcopy(self.model).merge_and_unload() if is_peft_model(self.model) else self.model
         path = save_model(model, self.tokenizer, self.ctx.out_dir / ".vllm-init")
         del model
+        max_model_len = (cfg.max_prompt_length or 512) + cfg.max_completion_length
+        if cfg.vllm_mode == "server":
+            backend = make_backend(
+                "vllm-server",
+                model_dir=path,
+                opts=self.ctx.rollout_server or ServerOptions(),
+                work_dir=self.ctx.out_dir / ".vllm-server",
+                seed=self.ctx.seed,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            )
+            self.ctx.events.log(f"rollout: vLLM server at {backend.url}")
+            return backend
         return make_backend(
             "vllm",
             model_path=str(path),
-            gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization,
-            max_model_len=(self.cfg.max_prompt_length or 512) + self.cfg.max_completion_length,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            max_model_len=max_model_len,
             dtype={torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(self.ctx.dtype, "float32"),
             seed=self.ctx.seed,
         )
@@ -266,10 +289,12 @@ class GRPOTrainer:
         G = self.plan.num_generations
         prompt_ids = [self.encoder.row(i, self.rows[i]["prompt"]) for i in prompt_rows]
         if self.weights_changed:
-            self.backend.sync_weights(self.model)
+            self.backend.sync_weights(self.model, version=self.ctx.step)
             self.weights_changed = False
         with self.ctx.autocast():
             out = self.backend.generate(prompt_ids, G, self.sampling)
+        if out.policy_version is None:  # an in-process sampler is the policy itself
+            out.policy_version = self.ctx.step
         self.counters.generations += 1
         ids = out.completion_id_lists()
         self.counters.completions_sampled += len(ids)
@@ -362,8 +387,22 @@ class GRPOTrainer:
                 for n, t in zip(lengths, part.truncated, strict=True)
             ],
             sampling_logps=None if out.sampling_logps is None else out.sampling_logps.to(device),
+            policy_version=self.ctx.step if out.policy_version is None else out.policy_version,
         )
         self._fill_logps(rollout)
+        if rollout.old_logps is not None and rollout.sampling_logps is not None:
+            lc = self.loss_cfg
+            metrics = {
+                **metrics,
+                **vllm_is_metrics(
+                    rollout.old_logps,
+                    rollout.sampling_logps,
+                    rollout.loss_mask,
+                    lc.vllm_is_mode,
+                    lc.vllm_is_clip_min,
+                    lc.vllm_is_clip_max,
+                ),
+            }
         advantages, objective_metrics = self.objective.advantages(combined, group, rollout)
         rollout.advantages = advantages.float().to(device)
         self.counters.completions_scored += len(rollout)
@@ -446,6 +485,10 @@ class GRPOTrainer:
     # ---------------------------------------------------------------------------------------- batching
 
     def next_slice(self) -> Slice:
+        max_lag = _option(self.cfg, "max_policy_lag")
+        while max_lag is not None and self.queue and self._lag(self.queue[0].rollout) > max_lag:
+            self.queue.pop(0)  # sampled by a policy older than the spec allows: never trained on
+            self.counters.stale_slices_dropped += 1
         if not self.queue:
             self.ctx.check_stop()
             rollout = self.generate()
@@ -501,6 +544,10 @@ class GRPOTrainer:
 
     # -------------------------------------------------------------------------------------------- loop
 
+    def _lag(self, rollout: ScoredRollout) -> int:
+        """Optimizer steps taken since the policy that sampled `rollout` (0: on-policy)."""
+        return self.ctx.step - rollout.policy_version
+
     def micro_step(self, mb: MicroBatch, counts: GlobalCounts, metrics: StepMetrics) -> torch.Tensor:
         with self.ctx.autocast():
             logps, entropies = self._logps(self.model, mb, with_entropy=self.need_entropy)
@@ -527,6 +574,12 @@ class GRPOTrainer:
         return out.loss
 
     def train(self) -> Path:
+        try:
+            return self._train()
+        finally:
+            self.backend.close()  # a rollout server started for this job stops with it
+
+    def _train(self) -> Path:
         ctx, cfg, plan = self.ctx, self.cfg, self.plan
         micro_per_epoch = math.ceil(len(self.rows) / plan.prompts_per_generation) * plan.steps_per_generation
         total = total_optimizer_steps(cfg, micro_per_epoch * plan.num_iterations)
@@ -554,6 +607,7 @@ class GRPOTrainer:
             for rollout in rollouts:
                 for name, value in rollout.metrics.items():
                     metrics.add_mean(name, value, 1.0)
+                metrics.add_mean("rollout/policy_lag", float(step - 1 - rollout.policy_version), 1.0)
             metrics.end_step()
             self._after_step()
             if self.adaptive_entropy and stepper.log_due:
@@ -571,7 +625,8 @@ class GRPOTrainer:
         ctx.events.log(
             f"{self.spec.algorithm} counters: generations={c.generations} policy_forwards={c.policy_forwards} "
             f"old_logp_forwards={c.old_logp_forwards} ref_logp_forwards={c.ref_logp_forwards} "
-            f"completions_sampled={c.completions_sampled} completions_scored={c.completions_scored}"
+            f"completions_sampled={c.completions_sampled} completions_scored={c.completions_scored} "
+            f"stale_slices_dropped={c.stale_slices_dropped}"
         )
         return stepper.save_final()
 

@@ -36,6 +36,7 @@ from engine.losses.masks import (
     mask_truncated_completions,
     off_policy_mask,
     truncated_rows,
+    vllm_is_metrics,
     vllm_is_weights,
 )
 from engine.losses.papo import papo_perception_loss, perception_kl
@@ -101,6 +102,7 @@ __all__ = [
     "sft_loss",
     "truncated_rows",
     "udm_density_weights",
+    "vllm_is_metrics",
     "vllm_is_weights",
     "wpo_weights",
 ]

@@ -3,7 +3,8 @@
 - `truncated_rows` / `mask_truncated_completions`: drop completions that hit the length limit.
 - `entropy_threshold` / `high_entropy_mask`: `top_entropy_quantile` ("80/20 rule", arXiv 2506.01939).
 - `off_policy_mask`: DeepSeek-V3.2's sequence mask (arXiv 2512.02556).
-- `vllm_is_weights`: truncated / masked importance sampling against the sampler's log-probs.
+- `vllm_is_weights`: truncated / masked importance sampling against the sampler's log-probs;
+  `vllm_is_metrics`: how far the sampler is from the trainer (ratios, clipped fraction, KL).
 
 All outputs are detached. Nothing here gathers across ranks: the loop gathers the active entropies
 of the optimizer step once and passes the threshold in `GlobalCounts.entropy_threshold`.
@@ -128,3 +129,39 @@ def vllm_is_weights(
     hi = math.inf if clip_max is None else clip_max
     inside = (rho >= lo) & (rho <= hi)
     return torch.where(inside, rho, torch.zeros_like(rho))
+
+
+def vllm_is_metrics(
+    old_logps: Tensor,
+    sampling_logps: Tensor,
+    mask: Tensor,
+    mode: str,
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> dict[str, float]:
+    """How far the sampler is from the trainer, on one generation batch (host floats, one sync).
+
+    rho is the raw ratio `vllm_is_weights` starts from (per token, or per sequence for sequence_* modes),
+    over tokens / sequences that count (sequences with no counted token are left out). Reports its mean,
+    min and max, the fraction outside [clip_min, clip_max] (clamped by *_truncate, zeroed by *_mask), and
+    the k3 estimate of KL(sampler || trainer): the token mean of r - 1 - log r with r = e^(old - sampling).
+    """
+    m = mask.to(old_logps.dtype)
+    d = (old_logps.detach() - sampling_logps.detach()) * m
+    if mode.startswith("token"):
+        keep = m > 0
+        rho = torch.exp(d)[keep]
+    else:
+        keep = m.sum(-1) > 0
+        rho = torch.exp(d.sum(-1))[keep]
+    if rho.numel() == 0:
+        return {}
+    lo = -math.inf if clip_min is None else clip_min
+    hi = math.inf if clip_max is None else clip_max
+    outside = ((rho < lo) | (rho > hi)).float().mean()
+    r = torch.exp(d)
+    kl = ((r - 1 - d) * m).sum() / m.sum().clamp(min=1)
+    values = torch.stack([rho.mean(), rho.min(), rho.max(), outside, kl]).tolist()
+    kind = "masked" if mode.endswith("mask") else "clipped"
+    names = ("is_ratio_mean", "is_ratio_min", "is_ratio_max", f"is_{kind}_frac", "sampler_kl")
+    return {f"rollout/{n}": float(v) for n, v in zip(names, values, strict=True)}

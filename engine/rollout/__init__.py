@@ -1,4 +1,5 @@
-"""Rollout backends behind one interface (`RolloutBackend.generate`): `hf` (transformers) and `vllm` (GPU).
+"""Rollout backends behind one interface (`RolloutBackend.generate`): `hf` (transformers), `vllm` (in-process,
+GPU) and `vllm-server` (a vLLM engine in its own process, CPU or GPU, over HTTP).
 
     from engine.rollout import SamplingParams, make_backend
     backend = make_backend("hf", model=policy)
@@ -14,17 +15,22 @@ from typing import Any
 from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, completion_mask_and_truncation
 from engine.rollout.hf import HFRollout
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "vllm-server")
 
 
 def make_backend(name: str, **kwargs: Any) -> RolloutBackend:
-    """`hf`: `HFRollout(model=..., device=...)`; `vllm`: `VLLMRollout(model_path=..., ...)`."""
+    """`hf`: `HFRollout(model=..., device=...)`; `vllm`: `VLLMRollout(model_path=..., ...)` (in-process, GPU);
+    `vllm-server`: `VLLMServerRollout(model_dir=..., opts=ServerOptions(...), ...)` (a vLLM server process)."""
     if name == "hf":
         return HFRollout(**kwargs)
     if name == "vllm":
         from engine.rollout.vllm import VLLMRollout
 
         return VLLMRollout(**kwargs)
+    if name == "vllm-server":
+        from engine.rollout.vllm_server import VLLMServerRollout
+
+        return VLLMServerRollout(**kwargs)
     raise KeyError(f"unknown rollout backend {name!r}; known: {list(BACKENDS)}")
 
 

@@ -42,6 +42,7 @@ class RolloutOutput:
     completion_mask: torch.Tensor  # (N, C) long, 1 on generated tokens up to and including the first EOS
     is_truncated: torch.Tensor  # (N,) bool, True when no EOS was generated
     sampling_logps: torch.Tensor | None = None  # (N, C) float32, log-probs under the sampling distribution
+    policy_version: int | None = None  # the policy version (optimizer step) the sampler generated with
 
     @property
     def completion_lengths(self) -> torch.Tensor:  # (N,)
@@ -58,14 +59,19 @@ class RolloutBackend(ABC):
     """Generates completions; `sync_weights` makes the sampler use the policy's current weights."""
 
     name: str
+    needs_first_sync = False  # True when the sampler may hold other weights than the policy at start
 
     @abstractmethod
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], num_generations: int, params: SamplingParams
     ) -> RolloutOutput: ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None:  # noqa: B027  (in-process backends share weights)
-        """Push the policy's weights to the sampler (a no-op when the sampler *is* the policy)."""
+    def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:  # noqa: B027
+        """Push the policy's weights (policy version `version`) to the sampler; a no-op when the sampler *is*
+        the policy (in-process backends share weights)."""
+
+    def close(self) -> None:  # noqa: B027  (nothing to release for in-process backends)
+        """Release what the backend holds outside this process (a server it started)."""
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,4 +109,6 @@ def trim_right(out: RolloutOutput, pad_token_id: int) -> RolloutOutput:
     mask = out.completion_mask[:, :width]
     ids = out.completion_ids[:, :width].masked_fill(mask == 0, pad_token_id)
     logps = None if out.sampling_logps is None else out.sampling_logps[:, :width] * mask
-    return RolloutOutput(out.prompt_ids, out.prompt_mask, ids, mask, out.is_truncated, logps)
+    return RolloutOutput(
+        out.prompt_ids, out.prompt_mask, ids, mask, out.is_truncated, logps, out.policy_version
+    )

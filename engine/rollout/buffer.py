@@ -49,6 +49,7 @@ class ScoredRollout:
     sampling_logps: Tensor | None = None  # (N, C)
     old_logps: Tensor | None = None  # (N, C)
     ref_logps: Tensor | None = None  # (N, C)
+    policy_version: int = 0  # the optimizer step whose weights sampled these rows
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -127,6 +128,7 @@ class Sampled:
             completion_mask=o.completion_mask.index_select(0, dev),
             is_truncated=o.is_truncated.index_select(0, dev),
             sampling_logps=None if o.sampling_logps is None else o.sampling_logps.index_select(0, dev),
+            policy_version=o.policy_version,
         )
         return Sampled(
             out=out,
@@ -155,6 +157,7 @@ class Sampled:
             sampling_logps=None
             if any(lp is None for lp in logps)
             else torch.cat([_pad(lp, c_width, 0.0) for lp in logps]),  # type: ignore[arg-type]
+            policy_version=_oldest([o.policy_version for o in outs]),
         )
         return Sampled(
             out=out,
@@ -164,6 +167,11 @@ class Sampled:
             rewards=torch.cat([p.rewards for p in parts]),
             truncated=[x for p in parts for x in p.truncated],
         )
+
+
+def _oldest(versions: list[int | None]) -> int | None:
+    known = [v for v in versions if v is not None]
+    return min(known) if known else None
 
 
 def _pad(t: Tensor, width: int, value: float, left: bool = False) -> Tensor:

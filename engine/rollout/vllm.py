@@ -101,8 +101,8 @@ class VLLMRollout(RolloutBackend):
         )
         return trim_right(out, params.pad_token_id)
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        weights = _merged_state_items(model)
+    def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
+        weights = merged_state_items(model)
         if hasattr(self.llm, "apply_model"):
             self.llm.apply_model(lambda m: m.load_weights(weights))
             return
@@ -111,7 +111,7 @@ class VLLMRollout(RolloutBackend):
         self.llm.reset_prefix_cache()
 
 
-def _merged_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+def merged_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs in the base model's naming; LoRA adapters are merged into a copy of the weights."""
     if hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter"):
         model.merge_adapter()

@@ -45,6 +45,11 @@ class GenerationArgs(TrainingArgs):
     )
     vllm_importance_sampling_clip_max: float | None = Field(3.0, gt=0)
     vllm_importance_sampling_clip_min: float | None = Field(None, ge=0)
+    max_policy_lag: int | None = Field(
+        None,
+        ge=0,
+        description="refuse to train on samples generated more than this many optimizer steps ago; None: no limit",
+    )
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = Field(0.6, ge=0, le=1)
     ref_model_sync_steps: int = Field(512, ge=1)

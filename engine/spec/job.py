@@ -70,10 +70,16 @@ class _JobBase(StrictModel):
                     f"the built-in {ds.builtin!r} set does not fit algorithm {algorithm!r}; use one of {fits}",
                 )
         cfg = getattr(self, "config", None)
-        if cfg is not None and getattr(cfg, "use_vllm", False) and self.hardware.accelerator != "gpu":
+        if (
+            cfg is not None
+            and getattr(cfg, "use_vllm", False)
+            and cfg.vllm_mode == "colocate"
+            and self.hardware.accelerator != "gpu"
+        ):
             raise SpecError(
-                "config.use_vllm",
-                "config.use_vllm needs a GPU worker: set hardware {accelerator: 'gpu', gpus: 1} or use_vllm false",
+                "config.vllm_mode",
+                "config.vllm_mode 'colocate' runs vLLM inside the trainer and needs a GPU worker: set hardware "
+                "{accelerator: 'gpu', gpus: 1}, or vllm_mode 'server' (a vLLM server process, CPU too)",
             )
         if (
             self.distributed

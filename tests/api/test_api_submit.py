@@ -170,8 +170,8 @@ def test_steps_per_generation_must_be_a_multiple(client, alice) -> None:
 
 
 def test_job_level_cross_field_error(client, alice) -> None:
-    body = {**GRPO_SPEC, "config": {"use_vllm": True}}  # vLLM needs a GPU worker
-    assert _error(client.post("/v1/jobs", json=body, headers=alice))["param"] == "config.use_vllm"
+    body = {**GRPO_SPEC, "config": {"use_vllm": True}}  # colocated vLLM needs a GPU worker
+    assert _error(client.post("/v1/jobs", json=body, headers=alice))["param"] == "config.vllm_mode"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from engine.losses import (
     mask_truncated_completions,
     off_policy_mask,
     truncated_rows,
+    vllm_is_metrics,
     vllm_is_weights,
 )
 
@@ -39,6 +40,31 @@ def test_sequence_modes_use_the_product_over_the_sequence():
     assert torch.allclose(trunc.squeeze(1), torch.tensor([min(math.exp(-0.5), 0.7), 0.7], dtype=D))
     masked = vllm_is_weights(OLD, SAMP, MASK, "sequence_mask", clip_min=0.7, clip_max=3.0)
     assert torch.allclose(masked.squeeze(1), torch.tensor([0.0, math.exp(-0.3)], dtype=D))
+
+
+def test_is_metrics_token_mode_from_the_formula():
+    m = vllm_is_metrics(OLD, SAMP, MASK, "token_truncate", clip_min=0.5, clip_max=1.5)
+    # counted tokens: d = 0.5, -1.0, 0, 0, -0.3 (the masked third token of row 2 is left out)
+    d = [0.5, -1.0, 0.0, 0.0, -0.3]
+    rho = [math.exp(x) for x in d]
+    assert m["rollout/is_ratio_mean"] == pytest.approx(sum(rho) / 5)
+    assert m["rollout/is_ratio_min"] == pytest.approx(math.exp(-1.0))
+    assert m["rollout/is_ratio_max"] == pytest.approx(math.exp(0.5))
+    assert m["rollout/is_clipped_frac"] == pytest.approx(2 / 5)  # e^0.5 > 1.5 and e^-1 < 0.5
+    k3 = [r - 1 - x for r, x in zip(rho, d, strict=True)]
+    assert m["rollout/sampler_kl"] == pytest.approx(sum(k3) / 5)
+    assert m["rollout/sampler_kl"] > 0
+
+
+def test_is_metrics_sequence_mask_mode_counts_masked_sequences():
+    m = vllm_is_metrics(OLD, SAMP, MASK, "sequence_mask", clip_min=0.7, clip_max=3.0)
+    rho = [math.exp(-0.5), math.exp(-0.3)]
+    assert m["rollout/is_ratio_mean"] == pytest.approx(sum(rho) / 2)
+    assert m["rollout/is_ratio_min"] == pytest.approx(rho[0])
+    assert m["rollout/is_masked_frac"] == pytest.approx(1 / 2)  # e^-0.5 < 0.7 is dropped
+    same = vllm_is_metrics(OLD, OLD, MASK, "sequence_mask", clip_max=3.0)
+    assert same["rollout/is_ratio_min"] == same["rollout/is_ratio_max"] == 1.0
+    assert same["rollout/sampler_kl"] == 0.0 and same["rollout/is_masked_frac"] == 0.0
 
 
 def test_is_mode_errors_are_clear():

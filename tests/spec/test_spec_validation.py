@@ -77,9 +77,19 @@ def test_vllm_options_need_use_vllm():
     assert field == "vllm_importance_sampling_mode"
 
 
-def test_use_vllm_needs_a_gpu_worker():
+def test_colocated_vllm_needs_a_gpu_worker():
     _, msg, field = error_of(grpo(use_vllm=True))
-    assert field == "config.use_vllm" and "GPU" in msg
+    assert field == "config.vllm_mode" and "GPU" in msg and "'server'" in msg
+
+
+def test_vllm_server_mode_runs_on_cpu():
+    spec = parse_job_spec(grpo(use_vllm=True, vllm_mode="server"))
+    assert spec.hardware.accelerator == "cpu" and spec.config.vllm_mode == "server"
+
+
+def test_max_policy_lag_is_not_negative():
+    loc, _, _ = error_of(grpo(max_policy_lag=-1))
+    assert loc[-1] == "max_policy_lag"
 
 
 def test_cispo_needs_explicit_epsilon_high():
