@@ -118,13 +118,20 @@ class Settings(BaseSettings):
         return [u.strip() for u in self.http_reward_urls.split(",") if u.strip()]
 
     def engine_env(self) -> dict[str, str]:
-        """What the engine needs to confine a job's reading (engine.train reads these)."""
+        """What the engine needs to confine a job's reading, and its vLLM settings (engine.train reads these)."""
         return {
             "PAPERTRAIN_DATA_ROOTS": ",".join(str(p) for p in self.data_root_paths),
             "PAPERTRAIN_UPLOADS_DIR": str(Path(self.uploads_dir).resolve()),
             "PAPERTRAIN_HTTP_REWARD_URLS": ",".join(self.http_reward_url_list),
             "PAPERTRAIN_MAX_ROW_BYTES": str(self.max_row_bytes),
             "PAPERTRAIN_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            # where a job with use_vllm and vllm_mode 'server' finds or starts its rollout server
+            "PAPERTRAIN_VLLM_SERVER_URL": self.vllm_server_url,
+            "PAPERTRAIN_VLLM_PYTHON": self.vllm_python,
+            "PAPERTRAIN_VLLM_STARTUP_TIMEOUT_S": str(self.vllm_startup_timeout_s),
+            "PAPERTRAIN_VLLM_REQUEST_TIMEOUT_S": str(self.vllm_request_timeout_s),
+            "PAPERTRAIN_VLLM_MAX_RESTARTS": str(self.vllm_max_restarts),
+            "PAPERTRAIN_VLLM_DTYPE": self.vllm_dtype,
         }
 
     @property

@@ -63,16 +63,6 @@ class RunResult:
     final_path: str | None = None
 
 
-VLLM_SETTINGS = (
-    "vllm_server_url",
-    "vllm_python",
-    "vllm_startup_timeout_s",
-    "vllm_request_timeout_s",
-    "vllm_max_restarts",
-    "vllm_dtype",
-)
-
-
 class EngineRunner:
     """Spawns and supervises one engine process; see the module docstring."""
 
@@ -271,9 +261,6 @@ class EngineRunner:
             env.update(self.settings.engine_env())  # confine what the job reads
         # `-m engine.train` must resolve to this checkout whatever the working directory is.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        for name in VLLM_SETTINGS:  # where the engine finds (or starts) its vLLM rollout server
-            if getattr(self.settings, name, None) not in (None, ""):
-                env[f"PAPERTRAIN_{name.upper()}"] = str(getattr(self.settings, name))
         return env
 
     def _signal_group(self, proc: subprocess.Popen[str], sig: signal.Signals) -> None:
