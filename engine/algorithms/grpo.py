@@ -607,7 +607,9 @@ class GRPOTrainer:
             for rollout in rollouts:
                 for name, value in rollout.metrics.items():
                     metrics.add_mean(name, value, 1.0)
-                metrics.add_mean("rollout/policy_lag", float(step - 1 - rollout.policy_version), 1.0)
+                metrics.add_mean(
+                    "rollout/policy_lag", float(stepper.step_count - 1 - rollout.policy_version), 1.0
+                )
             metrics.end_step()
             self._after_step()
             if self.adaptive_entropy and stepper.log_due:
