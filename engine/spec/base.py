@@ -93,7 +93,8 @@ class StrictModel(BaseModel):
 
 
 BUNDLED_MODELS = {"smollm2-135m-instruct"}
-TINY_MODELS = {"llama", "llama-hd32"}  # random weights built from a config, with a code-built tokenizer (tests)
+# random weights built from a config, with a code-built tokenizer (tests)
+TINY_MODELS = {"llama", "llama-hd32"}
 # Which algorithms each built-in set feeds (its format is known in advance, so a mismatch is a 422).
 BUILTIN_DATASET_ALGORITHMS = {
     "arithmetic": {"grpo", "gfpo", "papo", "minillm", "rloo"},
