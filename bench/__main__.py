@@ -1,15 +1,15 @@
-"""python -m bench [--only logprobs|engine]: run the benchmarks and print one line per measurement."""
+"""python -m bench [--only logprobs|engine|generation]: run the benchmarks and print one line per measurement."""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import engine_runs, logprobs
+from bench import engine_runs, generation, logprobs
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--only", choices=["logprobs", "engine"])
+    p.add_argument("--only", choices=["logprobs", "engine", "generation"])
     args = p.parse_args()
     if args.only in (None, "logprobs"):
         print("# per-token log-probs, forward+backward (SmolLM2-135M shape, random weights)")
@@ -18,6 +18,10 @@ def main() -> None:
     if args.only in (None, "engine"):
         print("# training runs via python -m engine.train (tiny model)")
         for row in engine_runs.main([]):
+            print(row)
+    if args.only in (None, "generation"):
+        print("# generation throughput: transformers vs a vLLM server process (SmolLM2-135M)")
+        for row in generation.main([]):
             print(row)
 
 

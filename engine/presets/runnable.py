@@ -116,6 +116,8 @@ def _candidate(
         return {"distributed": None}
     if problem.field == "hardware" and "cpu" in caps.queues:
         return {"hardware": {"accelerator": "cpu"}}
+    if "vllm_mode" in str(problem) and caps.vllm:  # colocated vLLM needs a GPU; a vLLM server runs on CPU
+        return {"config": {"vllm_mode": "server"}}
     return None
 
 

@@ -2,11 +2,12 @@
 
 vLLM is imported when the backend is constructed, never at module import, so this file imports on machines
 without vLLM. The engine is started from a local model folder (the policy's weights saved as safetensors),
-samples `n = num_generations` completions per prompt from token-id prompts, and returns the sampled tokens'
-log-probs (always: they are what the importance-sampling correction compares against). `sync_weights`
-loads the policy's current weights (LoRA merged) into the vLLM model after each optimizer step.
+takes `gpu_memory_utilization` of the GPU, samples `n = num_generations` completions per prompt from token-id
+prompts, and returns the sampled tokens' log-probs (always: they are what the importance-sampling correction
+compares against). Between generations it sleeps (weights moved to host memory, KV cache freed) so the
+trainer has the GPU; `sync_weights` wakes it and reloads the policy's current weights (LoRA merged) in place.
 
-Not covered here: server mode (a separate `trl vllm-serve`-style process) and tensor parallelism.
+Server mode (vLLM in its own process, CPU or GPU) is `engine.rollout.vllm_server`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class VLLMRollout(RolloutBackend):
             raise RuntimeError(
                 "use_vllm=true but vllm is not installed on this worker (pip install 'papertrain[gpu]')"
             ) from exc
-        # Keep the engine in this process so that its model object is reachable for weight syncs.
+        # Keep the engine in this process so that weights reach it without serialisation.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._vllm = vllm
         self.llm = vllm.LLM(
@@ -54,7 +55,22 @@ class VLLMRollout(RolloutBackend):
             seed=seed,
             enforce_eager=enforce_eager,
             enable_prefix_caching=True,
+            enable_sleep_mode=True,
+            logprobs_mode="processed_logprobs",  # the distribution tokens were actually sampled from
         )
+        self.asleep = False
+        self._sleep()
+
+    def _sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache dropped; the trainer gets the GPU back."""
+        if not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def _sampling_params(self, num_generations: int, p: SamplingParams) -> Any:
         return self._vllm.SamplingParams(
@@ -73,7 +89,13 @@ class VLLMRollout(RolloutBackend):
         self, prompt_ids: Sequence[Sequence[int]], num_generations: int, params: SamplingParams
     ) -> RolloutOutput:
         prompts = [{"prompt_token_ids": list(map(int, ids))} for ids in prompt_ids]
-        results = self.llm.generate(prompts, self._sampling_params(num_generations, params), use_tqdm=False)
+        self._wake()
+        try:
+            results = self.llm.generate(
+                prompts, self._sampling_params(num_generations, params), use_tqdm=False
+            )
+        finally:
+            self._sleep()
         rows, logps, truncated = [], [], []
         for res in results:
             for comp in res.outputs:
@@ -103,11 +125,9 @@ class VLLMRollout(RolloutBackend):
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         weights = merged_state_items(model)
-        if hasattr(self.llm, "apply_model"):
-            self.llm.apply_model(lambda m: m.load_weights(weights))
-            return
-        executor = self.llm.llm_engine.model_executor
-        executor.driver_worker.worker.model_runner.model.load_weights(weights)
+        self._wake()  # the next generation follows at once; it puts the engine back to sleep
+        # vLLM's in-place reload: checkpoint-format weights, re-processed into the kernels' layout.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
 

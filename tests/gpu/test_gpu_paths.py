@@ -58,6 +58,13 @@ def test_grpo_with_vllm_generation_and_is_correction(tmp_path):
         vllm_importance_sampling_mode="token_truncate",
     )
     spec["hardware"] = GPU
+    spec["model"] = "tiny:llama-hd32"
     code, events, stderr = run_subprocess(spec, tmp_path, timeout=600)
     assert code == 0, stderr[-2000:]
-    assert any(e["type"] == "metrics" and "rollout/reward_mean" in e["metrics"] for e in events)
+    metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
+    assert len(metrics) == 2 and all("rollout/reward_mean" in m for m in metrics)
+    # colocated vLLM (sleeping between generations) sampled, and its log-probs fed the IS correction
+    for m in metrics:
+        assert {"rollout/is_ratio_min", "rollout/is_ratio_max", "rollout/sampler_kl"} <= set(m)
+        assert m["rollout/policy_lag"] == 0.0
+    assert any(m["rollout/is_ratio_min"] != m["rollout/is_ratio_max"] for m in metrics)

@@ -65,6 +65,8 @@ def test_answers_follow_what_the_workers_can_do():
     gpu = WorkerCapabilities(queues=frozenset({"cpu", "gpu-1"}))
     assert status("truncated-is", gpu).param == "config.use_vllm"  # the queue is there, vLLM is not
     assert status("truncated-is", WorkerCapabilities(queues=frozenset({"gpu-1"}), vllm=True)).runnable
+    cpu_vllm = status("masked-is", WorkerCapabilities(queues=frozenset({"cpu"}), vllm=True))
+    assert cpu_vllm.change == {"hardware": {"accelerator": "cpu"}, "config": {"vllm_mode": "server"}}
     assert status("minillm", WorkerCapabilities(hub_access=True)).runnable
     # ZeRO over 2 GPUs: a CPU-only pool cannot run it; with every capability it runs, or (while the engine
     # refuses several processes) its change is one device on the GPUs at hand
