@@ -49,6 +49,12 @@ def test_job_submitted_through_the_api_succeeds_on_postgres_and_redis(platform):
     events = client.get(f"/v1/jobs/{job_id}/events", headers=headers, params={"limit": 200}).json()["events"]
     statuses = [e["data"]["to"] for e in events if e["kind"] == "status"]
     assert statuses == ["queued", "running", "succeeded"]
+    # the live stream reads the same events from PostgreSQL, resumes after Last-Event-ID and ends by itself
+    stream = client.get(
+        f"/v1/jobs/{job_id}/events/stream", headers={**headers, "Last-Event-ID": str(events[0]["id"])}
+    )
+    ids = [int(line[4:]) for line in stream.text.splitlines() if line.startswith("id: ")]
+    assert ids == [e["id"] for e in events[1:]]
 
 
 def test_cancel_on_postgres_stops_the_engine_within_10s(platform):
