@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 
 from api.schemas import JobRequest
 from engine.spec import JobSpec
+from engine.spec.field_docs import describe
 
 REF = "#/components/schemas/{model}"
 JOB_BODY_OPERATIONS = {"create_job", "validate_job"}  # operations whose body is a job request
@@ -25,7 +26,7 @@ def job_schemas() -> dict[str, Any]:
     """`components.schemas` entries: JobRequest, JobSpec and every model they reference."""
     request = TypeAdapter(JobRequest).json_schema(ref_template=REF)
     spec = TypeAdapter(JobSpec).json_schema(ref_template=REF)
-    defs = {**request.pop("$defs", {}), **spec.pop("$defs", {})}
+    defs = describe({**request.pop("$defs", {}), **spec.pop("$defs", {})})
     request["description"] = "a full job spec (JobSpec), or a preset id with overrides (PresetJobRequest)"
     spec["description"] = "a job spec: one model per algorithm, chosen by `algorithm`"
     return {**defs, "JobSpec": spec, "JobRequest": request}

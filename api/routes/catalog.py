@@ -13,6 +13,7 @@ from api.errors import ApiError, ErrorBody
 from api.schemas import AlgorithmList, BuiltinDatasetList
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS, JobSpec
 from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
+from engine.spec.field_docs import describe
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses={401: {"model": ErrorBody}})
 
@@ -53,7 +54,10 @@ def get_algorithm_schema(_user: PrincipalDep, algorithm: str) -> dict[str, Any]:
             f"no algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}",
             param="algorithm",
         )
-    return classes[algorithm].model_json_schema()
+    schema = classes[algorithm].model_json_schema()
+    describe(schema.get("$defs", {}))
+    describe({classes[algorithm].__name__: schema})
+    return schema
 
 
 @router.get("/datasets/builtin", response_model=BuiltinDatasetList, operation_id="list_builtin_datasets")
