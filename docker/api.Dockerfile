@@ -10,6 +10,15 @@ RUN /opt/venv/bin/pip install -r /tmp/requirements-api.txt \
     && printf '#!/bin/sh\nexec python -m core.cli "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
 
+# The dashboard's browser assets (uPlot, Swagger UI) from npm, as `make install` gets them.
+FROM python:3.11.14-slim-bookworm AS web
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends npm=9.2.0~ds1-1 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11.14-slim-bookworm
 RUN groupadd --system --gid 10001 papertrain \
     && useradd --system --uid 10001 --gid papertrain --home-dir /var/lib/papertrain --create-home papertrain
@@ -19,6 +28,7 @@ WORKDIR /app
 COPY alembic.ini pyproject.toml ./
 COPY migrations ./migrations
 COPY web ./web
+COPY --from=web /web/node_modules ./web/node_modules
 COPY api ./api
 COPY core ./core
 COPY engine ./engine
