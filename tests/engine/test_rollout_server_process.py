@@ -1,0 +1,109 @@
+"""The rollout server's process handling without vLLM: start-up failures, the start-up timeout, and a restart
+with the last synced weights when a started server dies. A stand-in server (same routes, canned answers)
+takes the place of `vllm_serve.py` by being the "python" the backend runs it with.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.models import build_tiny_model
+from engine.rollout import SamplingParams
+from engine.rollout.vllm_server import ServerError, ServerOptions, ServerProcess, VLLMServerRollout
+
+STAND_IN = textwrap.dedent(
+    """
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import parse_qs, urlparse
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    state = {"version": 0}
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def _reply(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
+            self.wfile.write(data)
+        def do_GET(self):
+            self._reply({"status": "ok", "version": state["version"]})
+        def do_POST(self):
+            url = urlparse(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if url.path == "/load_weights":
+                state["version"] = int(parse_qs(url.query)["version"][0])
+                self._reply({"version": state["version"], "tensors": 0})
+            else:
+                req = json.loads(body)
+                one = {"token_ids": [7, 3], "logprobs": [-0.5, -0.25], "finish_reason": "stop"}
+                self._reply({"outputs": [[one] * req["n"] for _ in req["prompts"]], "version": state["version"]})
+    HTTPServer(("127.0.0.1", port), H).serve_forever()
+    """
+)
+PARAMS = SamplingParams(max_new_tokens=4, eos_token_ids=(3,), pad_token_id=0)
+
+
+def launcher(tmp_path: Path, body: str) -> str:
+    """An executable that stands in for vLLM's python: it ignores the script path and runs `body`."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(body)
+    exe = tmp_path / "python"
+    exe.write_text(f'#!/bin/sh\nshift\nexec "{sys.executable}" "{script}" "$@"\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def backend(tmp_path: Path, python: str, **opts) -> VLLMServerRollout:
+    options = ServerOptions(python=python, startup_timeout_s=opts.pop("startup_timeout_s", 60), **opts)
+    return VLLMServerRollout(tmp_path / "model", options, work_dir=tmp_path / "work")
+
+
+def test_a_missing_environment_names_the_make_target(tmp_path):
+    with pytest.raises(ServerError, match="make vllm-cpu"):
+        backend(tmp_path, str(tmp_path / "no-such-python"))
+
+
+def test_a_server_that_exits_at_start_up_reports_its_log(tmp_path):
+    with pytest.raises(ServerError, match="exited with status 3") as info:
+        backend(
+            tmp_path,
+            launcher(tmp_path, "import sys\nprint('no engine here', file=sys.stderr)\nsys.exit(3)\n"),
+        )
+    assert "no engine here" in str(info.value)
+
+
+def test_start_up_timeout_stops_the_process(tmp_path):
+    opts = ServerOptions(python=launcher(tmp_path, "import time\ntime.sleep(60)\n"), startup_timeout_s=1.5)
+    proc = ServerProcess(opts.python, tmp_path, tmp_path / "log", opts, seed=0, max_model_len=64,
+                         gpu_memory_utilization=0.3)  # fmt: skip
+    with pytest.raises(ServerError, match="PAPERTRAIN_VLLM_STARTUP_TIMEOUT_S"):
+        proc.start()
+    assert proc.proc is None  # stopped, not left running
+
+
+def test_a_dead_server_is_restarted_with_the_last_weights(tmp_path):
+    rollout = backend(tmp_path, launcher(tmp_path, STAND_IN), max_restarts=1)
+    try:
+        out = rollout.generate([[5, 6], [7]], 2, PARAMS)
+        assert out.completion_ids.shape == (4, 2) and out.policy_version == 0
+        assert out.sampling_logps[0].tolist() == [-0.5, -0.25] and not out.is_truncated.any()
+        rollout.sync_weights(build_tiny_model(), version=4)
+        first_url = rollout.url
+        rollout.process.proc.kill()
+        rollout.process.proc.wait()
+        out = rollout.generate([[5, 6]], 2, PARAMS)  # restarted, weights sent again
+        assert rollout.restarts == 1 and rollout.url != first_url
+        assert out.policy_version == 4
+        rollout.process.proc.kill()
+        rollout.process.proc.wait()
+        with pytest.raises(ServerError, match="failed on /generate"):  # out of restarts
+            rollout.generate([[5, 6]], 2, PARAMS)
+    finally:
+        url = rollout.url
+        rollout.close()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=2.0)
