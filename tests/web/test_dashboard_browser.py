@@ -33,7 +33,7 @@ def two_sft_runs(platform) -> list[str]:
 
 def test_docs_render_offline(page) -> None:
     page.goto("/docs")
-    page.wait_for_selector(".swagger-ui .info .title:has-text('papertrain')")
+    page.wait_for_selector(".swagger-ui .info .title:has-text('papertrain')", timeout=90_000)
     page.wait_for_selector(".opblock-summary-path:has-text('/v1/jobs')")
 
 
