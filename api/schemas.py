@@ -103,6 +103,9 @@ class JobDetail(JobSummary):
     worker_id: str | None
     heartbeat_at: datetime | None
     cancel_requested_at: datetime | None
+    warnings: list[SpecWarning] = Field(
+        default_factory=list, description="on creation only: e.g. no live worker consumes the job's queue yet"
+    )
 
 
 class JobList(BaseModel):

@@ -49,14 +49,29 @@ SPECS = {
 }
 
 
-def run(name: str, model: str) -> dict:
+def run(name: str, model: str, processes: int = 1, zero: int | None = None, bf16: bool = False) -> dict:
+    """One run; with several processes each gets 1/processes of the batch (the same global batch)."""
+    from worker.runner import engine_command
+
     spec = {**SPECS[name], "model": model}
+    config = dict(spec["config"])
+    config["per_device_train_batch_size"] = max(1, config["per_device_train_batch_size"] // processes)
+    spec["config"] = config
+    if processes > 1 or zero is not None:
+        dist: dict = {"num_processes": processes}
+        if zero is not None:
+            dist.update(distributed_type="DEEPSPEED", deepspeed_config={"zero_stage": zero})
+        if bf16:
+            dist["mixed_precision"] = "bf16"
+        spec["distributed"] = dist
+    if bf16:  # a GPU run
+        spec["hardware"] = {"accelerator": "gpu", "gpus": processes}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         start = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "engine.train", "--spec", str(spec_path), "--out", tmp],
+            engine_command(sys.executable, spec_path, Path(tmp), resume=False, processes=processes),
             capture_output=True,
             text=True,
         )
@@ -72,6 +87,7 @@ def run(name: str, model: str) -> dict:
     return {
         "run": name,
         "model": model,
+        "processes": processes,
         "steps": steps,
         "wall_s": round(wall, 1),
         "s_per_step": round(train_time / max(1, steps - 1), 3),
@@ -83,8 +99,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="tiny:llama")
     p.add_argument("--runs", default="sft,dpo,grpo")
+    p.add_argument("--processes", default="1", help="comma-separated process counts, e.g. 1,2")
+    p.add_argument("--zero", type=int, default=None, help="DeepSpeed ZeRO stage (default: no DeepSpeed)")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision on GPUs")
     args = p.parse_args(argv)
-    return [run(name, args.model) for name in args.runs.split(",")]
+    counts = [int(n) for n in args.processes.split(",")]
+    return [run(name, args.model, n, args.zero, args.bf16) for name in args.runs.split(",") for n in counts]
 
 
 if __name__ == "__main__":

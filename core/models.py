@@ -215,3 +215,16 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the request body
     resource_id: Mapped[str] = mapped_column(String(32))  # the job or file the first request created
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A live worker: what it consumes and can run, refreshed every heartbeat (`core.workers`)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery hostname, pid@host
+    hostname: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[dict[str, Any]]  # {"queues": [...]}
+    capabilities: Mapped[dict[str, Any]]  # {"gpus": int, "deepspeed": bool, "vllm": bool}
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         description="send a job again when it has waited this long in `queued` (a lost message); 0: never",
     )
     worker_queues: str = "cpu"
+    worker_live_s: float = Field(
+        default=60, gt=0, description="a worker not heard from for this long no longer counts as live"
+    )
+    refuse_unserved_queues: bool = Field(
+        default=False,
+        description="refuse (422) a job whose queue no live worker consumes, instead of queueing it with a warning",
+    )
     engine_python: str = sys.executable
     embedded: bool = True
     max_upload_bytes: int = Field(

@@ -100,3 +100,12 @@ class NullEvents(EventWriter):
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         return {"type": type_, **fields}
+
+
+class ErrorsOnly(EventWriter):
+    """Writes only `error` events (the ranks of a multi-process job other than rank 0)."""
+
+    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+        if type_ == "error":
+            return super().emit(type_, **fields)
+        return {"type": type_, **fields}

@@ -104,6 +104,9 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
             rollout_server=ServerOptions.from_env(os.environ),
             stop=stop,
         )
+        from engine import distributed
+
+        procs = distributed.init_from_env(ctx.device)
         ctx.check_stop()
         if spec.hardware.accelerator == "gpu" and ctx.device.type != "cuda":
             events.log(
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         seed_everything(ctx.seed)
         events.log(
             f"{spec.algorithm} job on {spec.model}: device={ctx.device.type} dtype={str(ctx.dtype)[6:]}"
+            + (f" processes={procs.world}" if procs.active else "")
         )
         from engine.algorithms import get_algorithm
 
@@ -137,11 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     stream = _claim_stdout()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    from engine.events import EventWriter
+    from engine.distributed import from_env
+    from engine.events import ErrorsOnly, EventWriter
 
-    code = run(args, EventWriter(stream), stop)
+    procs = from_env()
+    # With several processes rank 0 speaks for the job; the others report only their errors, on stderr.
+    events = EventWriter(stream) if procs.is_main else ErrorsOnly(sys.stderr)
+    code = run(args, events, stop)
     stream.flush()
+    _leave_process_group()
     return code
+
+
+def _leave_process_group() -> None:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

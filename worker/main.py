@@ -2,7 +2,8 @@
 
 One worker runs one job at a time (Celery's solo pool, prefetch 1): the job's engine is a child process
 that owns the machine's accelerators, so a second concurrent job would only compete for them. Run more
-worker processes for more parallelism. Next to the consumer, a daemon thread reaps jobs whose worker died.
+worker processes for more parallelism. Next to the consumer, a daemon thread reaps jobs whose worker died,
+and another keeps this worker's row in the live-worker registry (`core.workers`) fresh.
 
 On SIGTERM/SIGINT (Celery's warm shutdown) the running engine is stopped and its job re-queued, so the
 next worker resumes it from its last checkpoint. This module does not migrate the database: it refuses
@@ -12,8 +13,10 @@ to start on an unmigrated one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +46,29 @@ def _on_shutting_down(**_: Any) -> None:
     SHUTDOWN.set()
 
 
+def worker_id() -> str:
+    return f"papertrain-{os.getpid()}@{socket.gethostname()}"
+
+
+def _announce(session_factory: Any, queues: list[str], interval_s: float, stop: threading.Event) -> None:
+    """Keep this worker's row in the live-worker registry fresh until stopped, then remove it."""
+    from core.workers import detect_capabilities, forget_worker, record_worker
+
+    capabilities = detect_capabilities()
+    while True:
+        try:
+            with session_factory() as session:
+                record_worker(session, worker_id(), queues, capabilities)
+                session.commit()
+        except Exception:  # the database may blink; the next heartbeat tries again
+            log.warning("could not record this worker in the registry", exc_info=True)
+        if stop.wait(interval_s):
+            break
+    with contextlib.suppress(Exception), session_factory() as session:
+        forget_worker(session, worker_id())
+        session.commit()
+
+
 def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, loglevel: str = "INFO") -> None:
     """Consume `queues` (default `settings.worker_queues`) until stopped; blocks."""
     names = _queues(queues, settings)
@@ -67,6 +93,14 @@ def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, logl
         daemon=True,
     )
     reaper.start()
+    registry = threading.Thread(
+        target=_announce,
+        args=(tasks.session_factory_for(settings.database_url), names, float(settings.heartbeat_interval_s)),
+        kwargs={"stop": stop_reaper},
+        name="registry",
+        daemon=True,
+    )
+    registry.start()
     log.info("worker consuming %s from %s", names, settings.broker_url)
     try:
         app.worker_main(
@@ -76,7 +110,7 @@ def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, logl
                 "--concurrency=1",
                 f"--queues={','.join(names)}",
                 f"--loglevel={loglevel}",
-                f"--hostname=papertrain-{os.getpid()}@%h",
+                f"--hostname={worker_id()}",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",

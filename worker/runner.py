@@ -4,7 +4,7 @@
     result = runner.run(spec_path, out_dir, resume=False)   # -> RunResult(outcome="succeeded", ...)
 
 The child is `<engine_python> -m engine.train --spec SPEC --out DIR [--resume]` in its own process
-group. Its stdout is the JSON-lines event stream (engine/events.py); each event becomes a `JobEvent` row
+group (under `torch.distributed.run` when the job asks for several processes: `engine_command`). Its stdout is the JSON-lines event stream (engine/events.py); each event becomes a `JobEvent` row
 (worker/events.py) and goes to the MLflow tracker. The last ~50 stderr/log lines are kept for the error.
 Every `heartbeat_interval_s` the job's `heartbeat_at` is refreshed; about once a second the job row is
 read to see a cancel request (or that this worker no longer owns the job). Stopping sends SIGTERM to the
@@ -47,9 +47,47 @@ Outcome = Literal["succeeded", "failed", "cancelled", "interrupted", "lost"]
 _OWNED = (JobStatus.running, JobStatus.cancelling)
 
 
-def engine_command(engine_python: str, spec_path: Path, out_dir: Path, *, resume: bool) -> list[str]:
-    cmd = [engine_python, "-m", "engine.train", "--spec", str(spec_path), "--out", str(out_dir)]
-    return [*cmd, "--resume"] if resume else cmd
+def engine_command(
+    engine_python: str,
+    spec_path: Path,
+    out_dir: Path,
+    *,
+    resume: bool,
+    processes: int = 1,
+    machines: int = 1,
+    rendezvous: str | None = None,
+    job_id: str = "",
+) -> list[str]:
+    """The engine's command line. A job of several processes runs under torchrun: on one machine with a
+    private rendezvous (`--standalone`); over `machines` machines each machine runs this same command and
+    they meet at the c10d `rendezvous` endpoint (host:port) under the job's id."""
+    args = ["-m", "engine.train", "--spec", str(spec_path), "--out", str(out_dir)]
+    args = [*args, "--resume"] if resume else args
+    if processes <= 1 and machines <= 1:
+        return [engine_python, *args]
+    launcher = [
+        engine_python,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={max(1, processes // machines)}",
+    ]
+    if machines <= 1:
+        return [*launcher, "--standalone", *args]
+    if not rendezvous:
+        raise ValueError("a job over several machines needs a rendezvous endpoint (host:port)")
+    rdzv = [
+        f"--nnodes={machines}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous}",
+        f"--rdzv-id={job_id}",
+    ]
+    return [*launcher, *rdzv, *args]
+
+
+def processes_of(spec_path: Path) -> tuple[int, int]:
+    """(processes, machines) a resolved job spec asks for."""
+    dist = json.loads(spec_path.read_text(encoding="utf-8")).get("distributed") or {}
+    return int(dist.get("num_processes") or 1), int(dist.get("num_machines") or 1)
 
 
 @dataclass
@@ -93,7 +131,15 @@ class EngineRunner:
     # -- public ------------------------------------------------------------------------------------
 
     def run(self, spec_path: Path, out_dir: Path, *, resume: bool) -> RunResult:
-        cmd = engine_command(self.settings.engine_python, spec_path, out_dir, resume=resume)
+        processes, machines = processes_of(spec_path)
+        cmd = engine_command(
+            self.settings.engine_python,
+            spec_path,
+            out_dir,
+            resume=resume,
+            processes=processes,
+            machines=machines,
+        )
         log.info("job %s: starting engine: %s", self.job_id, " ".join(cmd))
         try:
             proc = subprocess.Popen(

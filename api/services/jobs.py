@@ -27,6 +27,7 @@ from core.settings import Settings
 from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
 from engine.spec import CONFIG_CLASSES, parse_job_spec, resolve, unsupported
 from engine.spec.base import SpecError
+from engine.spec.warnings import SpecWarning
 
 JOB_LEVEL_FIELDS = [
     "algorithm",
@@ -196,6 +197,15 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
         raise ApiError(
             422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
+    if spec.distributed is not None and spec.distributed.num_machines > 1:
+        raise ApiError(
+            422,
+            "option_not_available",
+            "a worker starts the processes of one machine; a job over several machines is started on each "
+            "machine with the engine's torchrun command (docs/architecture.md)",
+            param="distributed.num_machines",
+            remediation="set distributed.num_machines to 1",
+        )
     _check_access(spec, settings)
     _check_vllm(session, spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
@@ -230,9 +240,33 @@ def submit_job(
     record_created(session, job, reason="submitted")
     if idempotency_key:
         idempotency.remember(session, user, "jobs", idempotency_key, idempotency.json_digest(body), job.id)
+    warning = _unserved_queue(session, job.queue, settings)
+    if warning is not None:
+        session.add(
+            JobEvent(job_id=job.id, kind="log", data={"level": "warning", "message": warning.message})
+        )
     enqueue(session, job)
     session.commit()
+    job.warnings = [warning] if warning is not None else []  # shown in this response only
     return job
+
+
+def _unserved_queue(session: Session, queue: str, settings: Settings) -> SpecWarning | None:
+    """A warning when no live worker consumes `queue`; a 422 instead when the settings say so."""
+    from core.workers import queue_is_served
+
+    if queue_is_served(session, queue, settings.worker_live_s):
+        return None
+    message = f"waiting for a worker on queue {queue}"
+    if settings.refuse_unserved_queues:
+        raise ApiError(
+            422,
+            "no_worker_for_queue",
+            f"no live worker consumes queue {queue}",
+            param="hardware",
+            remediation=f"start a worker with --queues {queue}, or pick hardware that a running worker serves",
+        )
+    return SpecWarning(code="no_live_worker", message=message, param="hardware")
 
 
 def dry_run(session: Session, user: User, body: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -472,6 +506,24 @@ def retry_job(session: Session, user: User, job_id: str) -> Job:
     enqueue(session, job)
     session.commit()
     return job
+
+
+def _unserved_queue(session: Session, queue: str, settings: Settings) -> SpecWarning | None:
+    """A warning when no live worker consumes `queue`; a 422 instead when the settings say so."""
+    from core.workers import queue_is_served
+
+    if queue_is_served(session, queue, settings.worker_live_s):
+        return None
+    message = f"waiting for a worker on queue {queue}"
+    if settings.refuse_unserved_queues:
+        raise ApiError(
+            422,
+            "no_worker_for_queue",
+            f"no live worker consumes queue {queue}",
+            param="hardware",
+            remediation=f"start a worker with --queues {queue}, or pick hardware that a running worker serves",
+        )
+    return SpecWarning(code="no_live_worker", message=message, param="hardware")
 
 
 def checkpoint_dir(session: Session, user: User, job_id: str, step: int) -> Path:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from engine import distributed
 from engine.events import EventWriter, NullEvents
 
 STATE_FILE = "trainer_state.pt"
@@ -80,7 +81,9 @@ class TrainContext:
     @classmethod
     def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:
         device = kw.pop("device", None) or choose_device(spec)
-        dtype = kw.pop("dtype", None) or choose_dtype(spec.config, device)
+        mixed = spec.distributed.mixed_precision if spec.distributed is not None else None
+        precision = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed or "")
+        dtype = kw.pop("dtype", None) or precision or choose_dtype(spec.config, device)
         return cls(spec=spec, out_dir=Path(out_dir), device=device, dtype=dtype, seed=spec.config.seed, **kw)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -248,6 +251,11 @@ class StepMetrics:
     step's loss); `add_mean(name, value, weight)` keeps a weighted mean (value is a sum over `weight` items
     or a mean when `weight` is a count given with `is_sum=False`). Several optimizer steps may accumulate
     before a log; sums are then averaged over those steps.
+
+    With several processes `compute()` sums each rank's sums (losses divide by global counts, so they
+    add up) and the totals and weights of the means over the ranks, so every metric is a global value;
+    `replicated=True` marks a value every rank already holds in full (the gradient norm), which is not
+    added up.
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
@@ -255,6 +263,7 @@ class StepMetrics:
         self._sums: dict[str, list[torch.Tensor]] = {}
         self._means: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._scalars: dict[str, float] = {}
+        self._replicated: set[str] = set()
         self.steps = 0
 
     def _t(self, value: Any) -> torch.Tensor:
@@ -262,8 +271,10 @@ class StepMetrics:
             return value.detach().float().reshape(())
         return torch.tensor(float(value), device=self.device)
 
-    def add_sum(self, name: str, value: Any) -> None:
+    def add_sum(self, name: str, value: Any, replicated: bool = False) -> None:
         self._sums.setdefault(name, []).append(self._t(value))
+        if replicated:
+            self._replicated.add(name)
 
     def add_mean(self, name: str, total: Any, weight: Any) -> None:
         """Adds `total` (a sum over `weight` items) to a running weighted mean."""
@@ -278,20 +289,34 @@ class StepMetrics:
 
     def compute(self) -> dict[str, float]:
         """All metrics as floats with one device->host transfer; resets the accumulator."""
-        names: list[str] = []
-        parts: list[torch.Tensor] = []
+        procs = distributed.current()
+        sums, means = dict(self._sums), dict(self._means)
+        if procs.active:  # every rank reduces the same names in the same order
+            names: list[list[str]] = [[] for _ in range(procs.world)]
+            torch.distributed.all_gather_object(names, [sorted(sums), sorted(means)])
+            for sum_names, mean_names in names:
+                for name in sum_names:
+                    sums.setdefault(name, [])
+                for name in mean_names:
+                    means.setdefault(name, [])
         steps = max(1, self.steps)
-        for name, values in self._sums.items():
-            names.append(name)
-            parts.append(torch.stack([v.to(self.device) for v in values]).sum() / steps)
-        for name, pairs in self._means.items():
-            names.append(name)
-            tot = torch.stack([t.to(self.device) for t, _ in pairs]).sum()
-            wt = torch.stack([w.to(self.device) for _, w in pairs]).sum()
-            parts.append(torch.where(wt > 0, tot / wt.clamp(min=1e-12), torch.full_like(tot, float("nan"))))
-        out: dict[str, float] = dict.fromkeys(names, 0.0)
+        zero = torch.zeros((), device=self.device)
+        sum_names, mean_names = sorted(sums), sorted(means)
+        parts = [torch.stack([zero, *(v.to(self.device) for v in sums[n])]).sum() / steps for n in sum_names]
+        for name in mean_names:
+            parts.append(torch.stack([zero, *(t.to(self.device) for t, _ in means[name])]).sum())
+            parts.append(torch.stack([zero, *(w.to(self.device) for _, w in means[name])]).sum())
+        out: dict[str, float] = {}
         if parts:
-            out = dict(zip(names, torch.stack(parts).tolist(), strict=True))
+            values = torch.stack(parts)
+            if procs.active:
+                values = distributed.all_reduce_sum_(values.cpu().double()).to(values.dtype)
+            host = values.tolist()
+            for i, name in enumerate(sum_names):
+                out[name] = host[i] / (procs.world if name in self._replicated else 1)
+            for j, name in enumerate(mean_names):
+                tot, wt = host[len(sum_names) + 2 * j], host[len(sum_names) + 2 * j + 1]
+                out[name] = tot / wt if wt > 0 else math.nan
         out.update(self._scalars)
         self._sums.clear()
         self._means.clear()
@@ -303,14 +328,14 @@ class StepMetrics:
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     if "python" in state:
         py = state["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
@@ -391,16 +416,38 @@ class Checkpointer:
     ) -> Path:
         from engine.models import save_model
 
-        final = self.root / f"checkpoint-{step}"
-        tmp = self.root / f".checkpoint-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = self.begin(step)
         save_model(model, tokenizer, tmp)
+        return self.commit(step, tmp, optimizer, scheduler, data_position, algorithm_state, scaler)
+
+    def temporary(self, step: int) -> Path:
+        return self.root / f".checkpoint-{step}.tmp"
+
+    def begin(self, step: int) -> Path:
+        """An empty temporary folder for checkpoint `step` (the model and other files are written there)."""
+        tmp = self.temporary(step)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(
+        self,
+        step: int,
+        tmp: Path,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any,
+        data_position: dict[str, int] | None = None,
+        algorithm_state: dict[str, Any] | None = None,
+        scaler: Any = None,
+    ) -> Path:
+        """Write `trainer_state.pt` into `tmp`, rename it to `checkpoint-<step>` and prune old ones."""
+        final = self.root / f"checkpoint-{step}"
         state = {
             "step": step,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "data_position": data_position,
             "algorithm_state": algorithm_state or {},
         }
@@ -436,7 +483,7 @@ class Checkpointer:
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state.get("rng", {}))
+        set_rng_state(state.get("rng", {}))
         return state
 
 
@@ -479,6 +526,10 @@ def run_offline_loop(
 
     cfg = ctx.spec.config
     ga = cfg.gradient_accumulation_steps
+    procs = distributed.current()
+    if procs.active:  # plan micro-batches of the global size; each rank takes its share of every one
+        old = parts.stream
+        parts.stream = BatchStream(old.lengths, old.batch_size * procs.world, old.seed, old.shuffle)
     total = total_optimizer_steps(cfg, parts.stream.batches_per_epoch)
     stepper = OptimizerStep(ctx, parts.model, parts.tokenizer, total, reference=reference)
     state = stepper.resume()
@@ -493,12 +544,17 @@ def run_offline_loop(
     metrics = StepMetrics(ctx.device)
     parts.model.train()
     while not stepper.done:
-        batches = [parts.collate(idx) for idx in parts.stream.take(ga)]
-        counts = parts.counts(batches)
-        for batch in batches:
+        shares = [(distributed.shard(rows, procs), rows) for rows in parts.stream.take(ga)]
+        # A rank whose share is empty (a short last batch) runs its first row with the loss zeroed, so
+        # every rank runs the same number of forwards and backwards (ZeRO-3 gathers parameters in them).
+        batches = [(parts.collate(mine or rows[:1]), not mine) for mine, rows in shares]
+        counts = distributed.all_reduce_counts(parts.counts([b for b, ghost in batches if not ghost]))
+        for batch, ghost in batches:
             ctx.check_stop()
             with ctx.autocast():
-                loss = parts.micro_step(batch, counts, metrics)
+                loss = parts.micro_step(batch, counts, StepMetrics(ctx.device) if ghost else metrics)
+            if ghost:
+                loss = loss * 0.0
             stepper.backward(loss)
             metrics.add_sum("train/loss", loss.detach())
         stepper.step(metrics)

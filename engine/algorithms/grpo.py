@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from engine import advantages as adv_lib
+from engine import distributed
 from engine.algorithms.common import StepMetrics, TrainContext, seed_everything, total_optimizer_steps
 from engine.algorithms.step import OptimizerStep
 from engine.data import expect_format, load_rows
@@ -284,6 +285,14 @@ class GRPOTrainer:
 
     # -------------------------------------------------------------------------------------- generation
 
+    def _take_prompts(self, n: int) -> list[int]:
+        """The next `n` prompts of this rank. With several processes every rank draws the prompts of all
+        ranks from the same sampler and keeps its own share, so whole groups stay on one rank."""
+        procs = distributed.current()
+        if not procs.active:
+            return self.sampler.take(n)
+        return distributed.shard(self.sampler.take(n * procs.world), procs)
+
     def _sample(self, prompt_rows: list[int]) -> Sampled:
         """Generate G completions for each prompt row and reward them (rewards are host-side)."""
         G = self.plan.num_generations
@@ -318,7 +327,7 @@ class GRPOTrainer:
         have, rounds, groups_seen, zero_std_seen, padded = 0, 0, 0, 0, 0
         while have < need:
             rounds += 1
-            part = self._sample(self.sampler.take(need - have))
+            part = self._sample(self._take_prompts(need - have))
             combined = adv_lib.combine_rewards(part.rewards, self.reward_weights, aggregation, G)
             flat = adv_lib.zero_variance_groups(combined, G).tolist()
             groups_seen += len(flat)
@@ -517,7 +526,8 @@ class GRPOTrainer:
             lengths = [rollout.total_length(r) for r in range(len(rollout))]
             micro.extend((rollout, part) for part in split_by_length(rows, lengths, n_slices) if part)
         rollouts = [r for r, _, _ in by_rollout.values()]
-        counts = self._entropy_step_counts(micro, GlobalCounts(num_tokens=tokens, num_sequences=sequences))
+        counts = distributed.all_reduce_counts(GlobalCounts(num_tokens=tokens, num_sequences=sequences))
+        counts = self._entropy_step_counts(micro, counts)
         return micro, counts, rollouts
 
     def _entropy_step_counts(

@@ -197,7 +197,8 @@ class DistributedSpec(StrictModel):
     """The accelerate launch config of the paper index's ZeRO entry, as JSON."""
 
     distributed_type: Literal["NO", "MULTI_GPU", "DEEPSPEED"] = "NO"
-    num_processes: int = Field(1, ge=1)
+    num_processes: int = Field(1, ge=1, le=1024, description="processes in all (over every machine)")
+    num_machines: int = Field(1, ge=1, le=128)
     deepspeed_config: DeepSpeedConfig | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
 

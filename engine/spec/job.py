@@ -289,13 +289,9 @@ def unsupported(spec: Any) -> SpecError | None:
             f"algorithm {spec.algorithm!r} validates but cannot be trained yet; "
             f"runnable now: {sorted(RUNNABLE_ALGORITHMS)}",
         )
-    dist = spec.distributed
-    if dist is not None and (dist.num_processes > 1 or dist.distributed_type != "NO"):
-        return SpecError(
-            "distributed",
-            "multi-process and DeepSpeed ZeRO training are not available yet; "
-            "remove 'distributed' to train on one device",
-        )
+    problem = _distributed_unsupported(spec)
+    if problem is not None:
+        return problem
     if spec.algorithm in ONLINE_ALGORITHMS:
         cfg = spec.config
         completions = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
@@ -303,14 +299,79 @@ def unsupported(spec: Any) -> SpecError | None:
             return SpecError(
                 "config.per_device_train_batch_size",
                 f"per_device_train_batch_size x steps_per_generation = {completions} completions per generation "
-                f"is not a multiple of num_generations={cfg.num_generations}; a job runs on one device, so raise "
-                f"per_device_train_batch_size to a multiple of {cfg.num_generations} (multi-device recipes "
-                "spread a group over devices)",
+                f"on each process is not a multiple of num_generations={cfg.num_generations}; the groups of a "
+                f"generation stay whole on one process, so raise per_device_train_batch_size or "
+                f"steps_per_generation to a multiple of {cfg.num_generations}",
             )
     if spec.algorithm in ONLINE_ALGORITHMS and spec.eval_dataset is not None:
         return SpecError(
             "eval_dataset", f"evaluation is not available for {spec.algorithm!r} yet; remove eval_dataset"
         )
+    return None
+
+
+# Algorithms whose loops are verified to give the single-process result on several processes. The others
+# keep statistics over the batch a rank sees (KTO's KL estimate, BCO's running mean), or filter/teach in
+# ways not checked across ranks yet.
+DISTRIBUTED_ALGORITHMS = frozenset({"sft", "dpo", "cpo", "reward", "grpo", "rloo"})
+
+
+def _distributed_unsupported(spec: Any) -> SpecError | None:
+    """The multi-process and DeepSpeed options the engine cannot honour (yet)."""
+    dist = spec.distributed
+    if dist is None or (dist.num_processes == 1 and dist.distributed_type == "NO"):
+        return None
+    cfg, ds = spec.config, dist.deepspeed_config
+    deepspeed = dist.distributed_type == "DEEPSPEED"
+    stage = ds.zero_stage if ds is not None else 0
+    if spec.algorithm not in DISTRIBUTED_ALGORITHMS:
+        return SpecError(
+            "distributed",
+            f"{spec.algorithm!r} runs in one process only for now; multi-process and DeepSpeed training "
+            f"support {sorted(DISTRIBUTED_ALGORITHMS)}. Remove 'distributed'",
+        )
+    if ds is not None and ds.zero3_init_flag:
+        return SpecError(
+            "distributed.deepspeed_config.zero3_init_flag",
+            "zero3_init_flag is not supported: the model is loaded whole, then partitioned. Remove it",
+        )
+    if ds is not None and ds.offload_param_device != "none" and stage != 3:
+        return SpecError(
+            "distributed.deepspeed_config.offload_param_device",
+            "parameter offload needs zero_stage 3; raise zero_stage or set offload_param_device 'none'",
+        )
+    if ds is not None and ds.offload_optimizer_device != "none" and stage == 0:
+        return SpecError(
+            "distributed.deepspeed_config.offload_optimizer_device",
+            "optimizer offload needs zero_stage 1-3; raise zero_stage or set offload_optimizer_device 'none'",
+        )
+    if deepspeed and getattr(cfg, "sync_ref_model", False):
+        return SpecError(
+            "config.sync_ref_model",
+            "sync_ref_model is not available with DeepSpeed; use distributed_type MULTI_GPU or remove it",
+        )
+    if deepspeed and getattr(cfg, "bema", None) is not None:
+        return SpecError("config.bema", "bema is not available with DeepSpeed; remove config.bema")
+    if spec.algorithm in ONLINE_ALGORITHMS:
+        if deepspeed and stage == 3:
+            return SpecError(
+                "distributed.deepspeed_config.zero_stage",
+                "online algorithms generate with the policy on every process, which ZeRO-3's partitioned "
+                "parameters do not allow yet; use zero_stage 0-2",
+            )
+        if getattr(cfg, "dynamic_sampling", False):
+            return SpecError(
+                "config.dynamic_sampling",
+                "dynamic sampling runs in one process only for now; remove it or 'distributed'",
+            )
+        if getattr(cfg, "use_vllm", False):
+            return SpecError("config.use_vllm", "use_vllm runs in one process only for now")
+        if getattr(cfg, "top_entropy_quantile", 1.0) < 1.0:
+            return SpecError(
+                "config.top_entropy_quantile",
+                "the entropy mask's threshold is taken over one process's tokens; it runs in one process only "
+                "for now",
+            )
     return None
 
 

@@ -176,7 +176,7 @@ def test_unsupported_names_what_the_engine_cannot_do_yet():
     spec = parse_job_spec(
         {**CHAT, "algorithm": "sft", "distributed": zero, "hardware": {"accelerator": "gpu", "gpus": 2}}
     )
-    assert unsupported(spec).field == "distributed"
+    assert unsupported(spec) is None  # ZeRO-3 over 2 processes trains
     assert unsupported(parse_job_spec({**BASE, "algorithm": "papo"})).field == "algorithm"
 
 
@@ -196,6 +196,107 @@ def test_placeholder_model_ids_validate_but_are_refused(teacher):
     assert unsupported(parse_job_spec({**CHAT, "algorithm": "sft", "model": "gpt2"})) is None  # a bare hub id
 
 
+def _distributed(algorithm: str, dataset: str, distributed: dict, **config) -> object:
+    return parse_job_spec(
+        {
+            "algorithm": algorithm,
+            "model": "tiny:llama",
+            "dataset": {"builtin": dataset},
+            "config": config,
+            "distributed": distributed,
+        }
+    )
+
+
+DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "dataset", "distributed", "config", "field"),
+    [
+        ("kto", "preferences", {"num_processes": 2}, {}, "distributed"),
+        ("gkd", "chat", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}, "distributed"),
+        (
+            "sft",
+            "chat",
+            {**DS, "deepspeed_config": {"zero_stage": 3, "zero3_init_flag": True}},
+            {},
+            "distributed.deepspeed_config.zero3_init_flag",
+        ),
+        (
+            "sft",
+            "chat",
+            {**DS, "deepspeed_config": {"zero_stage": 2, "offload_param_device": "cpu"}},
+            {},
+            "distributed.deepspeed_config.offload_param_device",
+        ),
+        (
+            "sft",
+            "chat",
+            {**DS, "deepspeed_config": {"zero_stage": 0, "offload_optimizer_device": "cpu"}},
+            {},
+            "distributed.deepspeed_config.offload_optimizer_device",
+        ),
+        ("dpo", "preferences", DS, {"sync_ref_model": True}, "config.sync_ref_model"),
+        ("sft", "chat", DS, {"bema": {}}, "config.bema"),
+        (
+            "grpo",
+            "arithmetic",
+            {**DS, "deepspeed_config": {"zero_stage": 3}},
+            {"num_generations": 4},
+            "distributed.deepspeed_config.zero_stage",
+        ),
+        (
+            "grpo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"num_generations": 4, "dynamic_sampling": True},
+            "config.dynamic_sampling",
+        ),
+        (
+            "grpo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"num_generations": 4, "top_entropy_quantile": 0.2},
+            "config.top_entropy_quantile",
+        ),
+    ],
+)
+def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distributed, config, field):
+    from engine.spec import unsupported
+
+    problem = unsupported(_distributed(algorithm, dataset, distributed, **config))
+    assert problem is not None and problem.field == field, problem
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "dataset", "distributed", "config"),
+    [
+        ("sft", "chat", {"num_processes": 2}, {}),
+        ("dpo", "preferences", {**DS, "deepspeed_config": {"zero_stage": 3}}, {}),
+        ("dpo", "preferences", {"num_processes": 2}, {"sync_ref_model": True}),
+        ("grpo", "arithmetic", {**DS, "deepspeed_config": {"zero_stage": 2}}, {"num_generations": 4}),
+        (
+            "sft",
+            "chat",
+            {
+                **DS,
+                "deepspeed_config": {
+                    "zero_stage": 3,
+                    "offload_param_device": "cpu",
+                    "offload_optimizer_device": "cpu",
+                },
+            },
+            {},
+        ),
+    ],
+)
+def test_multi_process_jobs_that_train(algorithm, dataset, distributed, config):
+    from engine.spec import unsupported
+
+    assert unsupported(_distributed(algorithm, dataset, distributed, **config)) is None
+
+
 def test_groups_must_fit_a_generation_on_one_device():
     from engine.spec import unsupported
 
@@ -203,4 +304,5 @@ def test_groups_must_fit_a_generation_on_one_device():
     spec = parse_job_spec(grpo(loss_type="dr_grpo", per_device_train_batch_size=1, num_generations=8))
     problem = unsupported(spec)
     assert problem.field == "config.per_device_train_batch_size" and "multiple of 8" in str(problem)
+    assert "stay whole on one process" in str(problem)
     assert unsupported(parse_job_spec(grpo(per_device_train_batch_size=8, num_generations=8))) is None

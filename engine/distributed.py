@@ -1,0 +1,123 @@
+"""The processes of one job: rank, world size and the few collectives the loops need.
+
+A job asking for more than one process is started by `torchrun` (see `worker.runner.engine_command`),
+which sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_from_env()` then joins the
+process group (gloo on CPU, NCCL on CUDA). Without those variables the job is one process and every
+collective here is the identity, so single-process code paths stay exactly as they are.
+
+Losses divide by the global counts of an optimizer step; `all_reduce_counts` sums a step's counts (ints,
+floats, tuples, dataclasses of them) over the ranks so every rank divides by the same totals and the summed
+gradients equal the gradient of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Processes()
+
+
+def from_env(env: dict[str, str] | None = None) -> Processes:
+    """Rank and world size as torchrun exported them (one process when WORLD_SIZE is unset)."""
+    env = dict(os.environ) if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    return Processes(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+
+
+def init_from_env(device: torch.device) -> Processes:
+    """Join the job's process group when torchrun started several processes (idempotent)."""
+    procs = from_env()
+    if procs.active and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    return procs
+
+
+def current() -> Processes:
+    """The rank and world of the initialised process group (one process when there is none)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return SINGLE
+    return from_env()
+
+
+def _leaves(obj: Any) -> list[float]:
+    if isinstance(obj, bool) or obj is None:
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, torch.Tensor):
+        return [float(obj)]
+    if isinstance(obj, (tuple, list)):
+        return [v for item in obj for v in _leaves(item)]
+    if dataclasses.is_dataclass(obj):
+        return [v for f in dataclasses.fields(obj) for v in _leaves(getattr(obj, f.name))]
+    raise TypeError(f"cannot all-reduce a count of type {type(obj).__name__}")
+
+
+def _rebuild(obj: Any, values: list[float]) -> Any:
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return round(values.pop(0))
+    if isinstance(obj, float):
+        return values.pop(0)
+    if isinstance(obj, torch.Tensor):
+        return torch.tensor(values.pop(0), dtype=obj.dtype, device=obj.device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_rebuild(item, values) for item in obj)
+    changes = {f.name: _rebuild(getattr(obj, f.name), values) for f in dataclasses.fields(obj)}
+    return dataclasses.replace(obj, **changes)
+
+
+def all_reduce_counts(counts: Any) -> Any:
+    """The sum over ranks of a step's counts, in the same structure (float64: exact for any count)."""
+    procs = current()
+    if not procs.active:
+        return counts
+    values = torch.tensor(_leaves(counts), dtype=torch.float64)
+    torch.distributed.all_reduce(values)
+    return _rebuild(counts, values.tolist())
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (identity for one process)."""
+    if current().active:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def shard(items: list[Any], procs: Processes) -> list[Any]:
+    """This rank's contiguous share of `items`, split as evenly as possible (earlier ranks get one more)."""
+    base, extra = divmod(len(items), procs.world)
+    start = procs.rank * base + min(procs.rank, extra)
+    return items[start : start + base + (1 if procs.rank < extra else 0)]
+
+
+def barrier() -> None:
+    if current().active:
+        torch.distributed.barrier()

@@ -1,0 +1,150 @@
+"""Several processes on the CPU (gloo, torchrun): a 2-process job computes what 1 process computes on the
+same global batch. 1 process uses per_device_train_batch_size 4, 2 processes 2 each, so both plan the same
+global micro-batches. Gradients are compared through a single SGD step without clipping: the weight change
+is -learning_rate * gradient.
+
+Tolerances: losses rtol 1e-5 (float32 sums in another order), weight changes atol 1e-6 at lr 1e-1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.engine.conftest import REPO, metrics_by_step, tiny_spec
+from worker.runner import engine_command
+
+pytestmark = pytest.mark.slow
+
+SGD = {"optim": "sgd", "learning_rate": 0.1, "max_grad_norm": 0.0, "warmup_steps": 0}
+
+
+def run_procs(
+    spec: dict[str, Any], out: Path, nproc: int, resume: bool = False, timeout: float = 300
+) -> tuple[int, list[dict[str, Any]], str]:
+    """Run a job as the worker would (torchrun for nproc > 1); (exit status, events, stderr)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = engine_command(sys.executable, spec_path, out, resume=resume, processes=nproc)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, events, proc.stderr
+
+
+def two_processes(spec: dict[str, Any], distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = dict(spec["config"])
+    cfg["per_device_train_batch_size"] //= 2
+    return {**spec, "config": cfg, "distributed": {"num_processes": 2, **(distributed or {})}}
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def compare(tmp_path: Path, spec: dict[str, Any], distributed: dict[str, Any] | None = None) -> tuple:
+    code, one, _ = run_procs(spec, tmp_path / "one", 1)
+    assert code == 0, one[-1]
+    code, two, stderr = run_procs(two_processes(spec, distributed), tmp_path / "two", 2)
+    assert code == 0, stderr[-3000:]
+    a, b = metrics_by_step(one), metrics_by_step(two)
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5), step
+    return a, b
+
+
+def assert_same_gradients(tmp_path: Path) -> None:
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    from engine.models import build_tiny_model
+
+    w0 = build_tiny_model().state_dict()
+    moved = 0
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6, msg=k)
+        moved += int(not torch.equal(w1[k], w0[k]))
+    assert moved > 0  # the step did change the model
+
+
+def test_sft_two_processes_match_one(tmp_path):
+    spec = tiny_spec("sft", "chat", num_rows=8, max_steps=1, **SGD)
+    compare(tmp_path, spec)
+    assert_same_gradients(tmp_path)
+
+
+def test_dpo_two_processes_match_one(tmp_path):
+    spec = tiny_spec("dpo", "preferences", num_rows=8, max_steps=1, **SGD)
+    compare(tmp_path, spec)
+    assert_same_gradients(tmp_path)
+
+
+def test_short_last_batch_leaves_no_rank_idle(tmp_path):
+    # 5 rows, global micro-batch 4: the second step's batch has one row, so rank 1 runs a zeroed copy.
+    spec = tiny_spec("sft", "chat", num_rows=5, max_steps=2, per_device_train_batch_size=4, **SGD)
+    compare(tmp_path, spec)
+    assert_same_gradients(tmp_path)
+
+
+def test_only_rank_zero_writes_events_and_checkpoints(tmp_path):
+    spec = two_processes(tiny_spec("sft", "chat", num_rows=8, max_steps=2, save_steps=1))
+    code, events, stderr = run_procs(spec, tmp_path, 2)
+    assert code == 0, stderr[-3000:]
+    assert [e["type"] for e in events].count("done") == 1
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [1, 2]
+    assert any("processes=2" in e.get("message", "") for e in events)
+    ck = tmp_path / "checkpoints" / "checkpoint-2"
+    assert (ck / "rng-0.pt").exists() and (ck / "rng-1.pt").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_launchers_on_localhost_form_one_job(tmp_path):
+    # What two machines would run: the same command with --nnodes 2 and one c10d rendezvous endpoint.
+    spec = {
+        **two_processes(tiny_spec("sft", "chat", num_rows=8, max_steps=2)),
+        "distributed": {"num_processes": 2, "num_machines": 2},
+    }
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = engine_command(
+        sys.executable,
+        spec_path,
+        tmp_path,
+        resume=False,
+        processes=2,
+        machines=2,
+        rendezvous=f"127.0.0.1:{free_port()}",
+        job_id="two-nodes",
+    )
+    assert "--nnodes=2" in cmd and "--nproc-per-node=1" in cmd
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    events = [json.loads(line) for out, _ in outputs for line in out.splitlines() if line.startswith("{")]
+    assert [e["type"] for e in events].count("done") == 1  # rank 0 speaks for the job
+    assert any("processes=2" in e.get("message", "") for e in events)
+    assert (tmp_path / "final" / "model.safetensors").exists()
