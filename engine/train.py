@@ -6,6 +6,9 @@ No database, broker or MLflow: the job spec comes from a JSON file (validated by
 else - library prints, warnings, progress bars - goes to stderr: file descriptor 1 is redirected to 2
 before anything heavy is imported, and the event stream keeps a private duplicate of the original stdout.
 
+Under torchrun (a job with `distributed.num_processes` > 1) every process runs this module; rank 0 writes
+the event stream, the other ranks write only their `error` events, to stderr.
+
 Exit status: 0 after `done`; 1 after an `error` event; 143 after SIGTERM (the loop stops at the next
 micro-step boundary and saves nothing extra). Settings read from the environment here, and only here:
 `PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default

@@ -27,6 +27,10 @@ forward per micro-batch gives the step's threshold and kept-token count (`_entro
 Training micro-steps never sync with the host; metrics are transferred once per logged optimizer step (plus
 one value per step for adaptive entropy).
 
+Several processes: every rank draws the prompts of all ranks from the same sampler and generates for its
+own share, so whole groups stay on one rank and group statistics need no communication; the step's counts
+are summed over ranks (`engine.distributed`).
+
 Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
 job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
 num_iterations > 1) are not replayed.

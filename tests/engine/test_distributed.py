@@ -8,8 +8,10 @@ Tolerances: losses rtol 1e-5 (float32 sums in another order), weight changes ato
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +62,7 @@ def compare(tmp_path: Path, spec: dict[str, Any], distributed: dict[str, Any] | 
     assert sorted(a) == sorted(b)
     for step in a:
         assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5), step
-    return a, b
+    return a, b, two
 
 
 def assert_same_gradients(tmp_path: Path) -> None:
@@ -148,3 +150,108 @@ def test_two_launchers_on_localhost_form_one_job(tmp_path):
     assert [e["type"] for e in events].count("done") == 1  # rank 0 speaks for the job
     assert any("processes=2" in e.get("message", "") for e in events)
     assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------- DeepSpeed ZeRO (CPU)
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="the deepspeed extra is not installed (make deepspeed)",
+)
+
+
+def zero(stage: int) -> dict[str, Any]:
+    return {"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": stage}}
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_sft_zero_stages_match_one_process(tmp_path, stage):
+    spec = tiny_spec("sft", "chat", num_rows=8, max_steps=1, **SGD)
+    _, metrics, events = compare(tmp_path, spec, zero(stage))
+    if stage == 0:
+        assert_same_gradients(tmp_path)
+    assert any(f'"stage": {stage}' in e.get("message", "") for e in events)  # DeepSpeed's config, echoed
+    assert metrics[1]["train/grad_norm"] > 0
+
+
+@needs_deepspeed
+def test_dpo_zero3_matches_one_process(tmp_path):
+    spec = tiny_spec("dpo", "preferences", num_rows=8, max_steps=1, **SGD)
+    compare(tmp_path, spec, zero(3))
+
+
+@needs_deepspeed
+def test_resumed_zero3_run_equals_the_uninterrupted_one(tmp_path):
+    spec = two_processes(
+        tiny_spec("sft", "chat", num_rows=12, max_steps=3, save_steps=1, save_total_limit=None), zero(3)
+    )
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    code, events, stderr = run_procs(spec, full, 2)
+    assert code == 0, stderr[-3000:]
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
+    assert (resumed / "checkpoints" / "checkpoint-2" / "deepspeed").is_dir()  # optimizer shards
+    code, again, stderr = run_procs(spec, resumed, 2, resume=True)
+    assert code == 0, stderr[-3000:]
+    a, b = metrics_by_step(events), metrics_by_step(again)
+    assert sorted(b) == [3]
+    for key in ("train/loss", "train/grad_norm", "train/learning_rate"):
+        assert b[3][key] == pytest.approx(a[3][key], rel=1e-5), key
+    w_full, w_resumed = weights(full), weights(resumed)
+    for k in w_full:
+        torch.testing.assert_close(w_resumed[k], w_full[k], rtol=1e-5, atol=1e-6, msg=k)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(full / "final"))  # a plain Hugging Face model
+
+
+# ---------------------------------------------------------------------------------------------- GRPO
+
+SEEDED = REPO / "tests" / "engine" / "seeded_rollout.py"
+
+
+def run_seeded(spec: dict[str, Any], out: Path, nproc: int) -> tuple[int, list[dict[str, Any]], str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps(spec))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable]), str(SEEDED), "--spec", str(out / "spec.json")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, events, proc.stderr
+
+
+@pytest.mark.parametrize("distributed", [{}, zero(2)], ids=["gradient-sum", "zero2"])
+def test_grpo_two_processes_match_one(tmp_path, distributed):
+    if distributed and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("the deepspeed extra is not installed (make deepspeed)")
+    # 2 prompts x 4 generations: one process holds both groups, two processes one whole group each.
+    spec = {
+        "algorithm": "grpo",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "arithmetic", "num_rows": 8},
+        "config": {
+            "max_steps": 1,
+            "per_device_train_batch_size": 8,
+            "num_generations": 4,
+            "max_completion_length": 6,
+            "beta": 0.04,
+            "logging_steps": 1,
+            "save_steps": 100,
+            **SGD,
+        },
+        "reward_funcs": [{"name": "length"}],
+    }
+    code, one, stderr = run_seeded(spec, tmp_path / "one", 1)
+    assert code == 0, stderr[-3000:]
+    code, two, stderr = run_seeded(two_processes(spec, distributed), tmp_path / "two", 2)
+    assert code == 0, stderr[-3000:]
+    a, b = metrics_by_step(one)[1], metrics_by_step(two)[1]
+    assert a["rollout/reward_std"] > 0  # the groups' rewards differ: the loss is not trivially 0
+    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5, abs=1e-7)
+    assert b["rollout/reward_mean"] == pytest.approx(a["rollout/reward_mean"], rel=1e-6)
+    if not distributed:
+        assert_same_gradients(tmp_path)
