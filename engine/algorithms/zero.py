@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from engine.algorithms.common import TrainContext, build_optimizer, build_scheduler
+from engine.algorithms.common import TrainContext, build_optimizer, build_scheduler, clip_gradients
 from engine.distributed import Processes
 
 CHECKPOINT_DIR = "deepspeed"  # inside checkpoint-<step>/
 TAG = "zero"
+NO_CLIP = 1e30  # a clipping threshold no gradient reaches
 
 
 def use_deepspeed(spec: Any) -> bool:
@@ -40,6 +41,8 @@ def deepspeed_config(spec: Any, dtype: torch.dtype, world: int) -> dict[str, Any
     if ds is not None and ds.offload_param_device == "cpu":
         zero["offload_param"] = {"device": "cpu"}
     clip = ds.gradient_clipping if ds is not None and ds.gradient_clipping is not None else cfg.max_grad_norm
+    if stage == 0 and not clip:
+        clip = NO_CLIP  # stage 0 measures the norm only while clipping
     conf: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": 1,
@@ -77,6 +80,16 @@ class ZeroEngine:
             dist_init_required=False,
         )
         self.stage = self.config["zero_optimization"]["stage"]
+        self._norm: torch.Tensor | None = None
+        if self.stage == 0:  # DeepSpeed records no gradient norm here: clip (and measure) with ours
+            params = [p for p in model.parameters() if p.requires_grad]
+            clip = self.config["gradient_clipping"]
+            max_norm = clip if clip < NO_CLIP else 0.0
+
+            def clip_and_measure() -> None:
+                self._norm = clip_gradients(params, max_norm)
+
+            self.engine.clip_fp32_gradients = clip_and_measure
         _route_calls_through(model, self.engine)
         ctx.events.log(f"deepspeed {deepspeed.__version__} config: {json.dumps(self.config, sort_keys=True)}")
 
@@ -88,6 +101,8 @@ class ZeroEngine:
         """Reduce, clip, step the optimizer and the schedule, clear gradients; the pre-clip gradient norm."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
+        if norm is None and self._norm is not None:
+            return self._norm
         return torch.tensor(float(norm) if norm is not None else float("nan"))
 
     def gathered(self) -> contextlib.AbstractContextManager[Any]:

@@ -46,6 +46,15 @@ def db(settings: Settings) -> Iterator[sessionmaker[Session]]:
     eng.dispose()
 
 
+@pytest.fixture(autouse=True)
+def cpu_worker(db: sessionmaker[Session]) -> None:
+    """A live worker on the `cpu` queue, as on a running platform (test_api_workers covers the others)."""
+    from core.workers import record_worker
+
+    with db() as session, session.begin():
+        record_worker(session, "test-worker@localhost", ["cpu"], {"gpus": 0})
+
+
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> list[dict[str, Any]]:
     """Every message the api sends, with the job's status as a separate connection saw it at send time."""

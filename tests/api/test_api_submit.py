@@ -228,13 +228,10 @@ def test_send_happens_after_commit_not_before(client, alice, sent, monkeypatch) 
     "extra,param",
     [
         (
-            {
-                "distributed": {
-                    "distributed_type": "DEEPSPEED",
-                    "num_processes": 2,
-                    "deepspeed_config": {"zero_stage": 3},
-                },
-                "hardware": {"accelerator": "gpu", "gpus": 2},
+            {  # KTO's batch statistics are not verified across processes yet
+                "algorithm": "kto",
+                "dataset": {"builtin": "preferences"},
+                "distributed": {"num_processes": 2},
             },
             "distributed",
         ),

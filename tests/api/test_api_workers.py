@@ -29,14 +29,12 @@ def test_registry_reports_live_queues_and_capabilities(db):
         # a worker not heard from within the window no longer counts; one that stopped is gone
         session.get(WorkerRecord, "w2@host").heartbeat_at = utcnow() - timedelta(seconds=120)
         forget_worker(session, "w1@host")
+        forget_worker(session, "test-worker@localhost")  # the fixture's
         session.commit()
         assert live_capabilities(session, 60) == {}
 
 
-def test_job_on_an_unserved_queue_is_queued_with_a_warning(client, alice, db):
-    with db() as session:
-        record_worker(session, "w1@host", ["cpu"], {"gpus": 0})
-        session.commit()
+def test_job_on_an_unserved_queue_is_queued_with_a_warning(client, alice):
     served = client.post("/v1/jobs", json=SFT_SPEC, headers=alice)
     assert served.status_code == 201 and served.json()["warnings"] == []
     res = client.post("/v1/jobs", json=GPU_JOB, headers=alice)
