@@ -1,7 +1,7 @@
 """Live workers: one row per worker process with its queues, capabilities and last heartbeat.
 
-Revision ID: 0003_workers
-Revises: 0002_idempotency_keys
+Revision ID: 0004_workers
+Revises: 0003_admin_preset_overrides
 Create Date: 2026-12-01
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0003_workers"
-down_revision: str | None = "0002_idempotency_keys"
+revision: str = "0004_workers"
+down_revision: str | None = "0003_admin_preset_overrides"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
