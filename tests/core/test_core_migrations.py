@@ -20,6 +20,7 @@ TABLES = {
     "job_events",
     "uploaded_files",
     "idempotency_keys",
+    "workers",
     "alembic_version",
 }
 
