@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 import yaml
-from conftest import tiny_sft
+from clients_testkit import tiny_sft
 from papertrain_sdk import Client, InvalidRequest, NotFound
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
