@@ -241,7 +241,9 @@ def create_job(session: Session, user: User, req: dict[str, Any], settings: Sett
         param = exc.info.param
         mapped = back.get(param or "", param)
         if param and param.startswith("config.") and param not in back:
-            mapped = f"method.{(req.get('method') or {}).get('type', 'supervised')}.hyperparameters.{param[7:]}"
+            mapped = (
+                f"method.{(req.get('method') or {}).get('type', 'supervised')}.hyperparameters.{param[7:]}"
+            )
         raise OpenAIError(
             exc.status if exc.status != 422 else 400, exc.info.message, param=mapped, code=exc.info.code
         ) from None
