@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except NotMigratedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from core.launcher import AlreadyRunning
+
+        if not isinstance(exc, AlreadyRunning):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -27,6 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER_EXIT_GRACE_S = 20.0  # on top of cancel_grace_s: re-queueing and the last writes
 
 
+class AlreadyRunning(RuntimeError):
+    """`papertrain up` while another embedded worker for the same queues and var_dir is alive."""
+
+
 def settings_env(settings: Any) -> dict[str, str]:
     """The `PAPERTRAIN_*` variables that rebuild `settings` in a child process."""
     env: dict[str, str] = {}
@@ -38,15 +42,21 @@ def settings_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def worker_command(queues: str = "cpu") -> list[str]:
-    return [sys.executable, "-m", "worker.main", "--queues", queues]
+def worker_lock(settings: Any, queues: str) -> Path:
+    """One embedded worker per queue set and var_dir: the lock its worker holds while it runs."""
+    return Path(settings.var_dir) / f"worker-{queues.replace(',', '+')}.lock"
+
+
+def worker_command(queues: str = "cpu", lock: Path | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "worker.main", "--queues", queues, "--die-with-parent"]
+    return [*cmd, "--lock", str(lock)] if lock else cmd
 
 
 def start_worker(settings: Any, queues: str = "cpu") -> subprocess.Popen[bytes]:
     """Start a worker child process with `settings` (its output goes to this terminal)."""
     env = {**os.environ, **settings_env(settings)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    return subprocess.Popen(worker_command(queues), env=env)
+    return subprocess.Popen(worker_command(queues, worker_lock(settings, queues)), env=env)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
@@ -79,6 +89,14 @@ def run_embedded(settings: Any, *, queues: str = "cpu") -> int:
     from core.db import check_migrated, get_engine
 
     settings.ensure_dirs()
+    from engine.process import lock_holder
+
+    holder = lock_holder(worker_lock(settings, queues))
+    if holder is not None:
+        raise AlreadyRunning(
+            f"a papertrain worker for queue {queues!r} is already running (pid {holder}) on {settings.var_dir}; "
+            "stop it (or that `papertrain up`) first"
+        )
     check_migrated(get_engine(settings.database_url))  # NotMigratedError before anything is started
     configure_celery(settings)  # the api sends jobs to this broker, whatever the environment says
     app = create_app(settings)

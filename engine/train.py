@@ -141,6 +141,9 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    from engine.process import die_with_parent
+
+    die_with_parent()  # a worker that dies (even by SIGKILL) takes its engine with it
     stream = _claim_stdout()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -69,9 +69,28 @@ def _announce(session_factory: Any, queues: list[str], interval_s: float, stop: 
         session.commit()
 
 
-def run_worker(settings: Any, queues: str | Sequence[str] | None = None, *, loglevel: str = "INFO") -> None:
-    """Consume `queues` (default `settings.worker_queues`) until stopped; blocks."""
+def run_worker(
+    settings: Any,
+    queues: str | Sequence[str] | None = None,
+    *,
+    loglevel: str = "INFO",
+    lock_path: str | None = None,
+) -> None:
+    """Consume `queues` (default `settings.worker_queues`) until stopped; blocks. With `lock_path`, exit at
+    once (status 3) when another live worker holds that lock."""
     names = _queues(queues, settings)
+    if lock_path:
+        from engine.process import hold_lock, lock_holder
+
+        lock = hold_lock(lock_path)
+        if lock is None:
+            log.error(
+                "a worker for %s is already running (pid %s, lock %s); not starting another",
+                names,
+                lock_holder(lock_path),
+                lock_path,
+            )
+            raise SystemExit(3)
     check_migrated(get_engine(settings.database_url))
     settings.ensure_dirs()
     app = make_celery(settings)
@@ -126,10 +145,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--queues", default=None, help="comma-separated queues (default: PAPERTRAIN_WORKER_QUEUES)"
     )
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--lock", default=None, help="lock file: refuse to start while another worker holds it"
+    )
+    parser.add_argument("--die-with-parent", action="store_true", help="exit when the starting process dies")
     args = parser.parse_args(argv)
+    if args.die_with_parent:
+        from engine.process import die_with_parent
+
+        die_with_parent()
     from core.settings import get_settings
 
-    run_worker(get_settings(), args.queues, loglevel=args.loglevel)
+    run_worker(get_settings(), args.queues, loglevel=args.loglevel, lock_path=args.lock)
 
 
 if __name__ == "__main__":
