@@ -38,6 +38,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PAPERTRAIN_VAR_DIR=/var/lib/papertrain \
     PAPERTRAIN_EMBEDDED=false \
     PAPERTRAIN_ENGINE_PYTHON=/opt/venv/bin/python \
+    PAPERTRAIN_VLLM_PYTHON=/opt/venv/bin/python \
     PAPERTRAIN_WORKER_QUEUES=gpu-1
 USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["python", "-m", "worker.health"]
