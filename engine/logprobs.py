@@ -19,6 +19,7 @@ chunk of them, float32) and `stats_from_hidden` (what `token_stats` computes, fr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -71,10 +72,41 @@ def _chunk(
     return torch.stack(cols, dim=-1)
 
 
-def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final-layer hidden states (B, T, H) after the final norm, with mask-derived position ids."""
+@dataclass
+class Packed:
+    """A batch's rows laid end to end in one row, with no padding (padding-free / packed batches).
+
+    `input_ids` and `position_ids` are (1, S); position ids restart at 0 at each row, which is how the
+    attention learns the row boundaries (block-diagonal causal attention on CPU, variable-length kernels
+    where the model uses flash attention), so no token attends across rows. `source` (n,) holds, for each
+    target of the batch's (B, K) grid in `target_index` order, the packed position of the hidden state that
+    scores it (one before the target), and `targets` (n,) the target tokens."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    source: torch.Tensor
+    targets: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Packed:
+        return Packed(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.position_ids, self.source, self.targets)
+            )
+        )
+
+
+def hidden_states(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Final-layer hidden states (B, T, H) after the final norm. Position ids derive from the mask unless
+    given; with `position_ids` and no mask, rows may hold several sequences (see `Packed`)."""
     decoder, _, _ = _parts(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if position_ids is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = decoder(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     )
@@ -135,15 +167,24 @@ def token_stats(
     chunk_size: int | None = None,
     mask: torch.Tensor | None = None,
     index: torch.Tensor | None = None,
+    packed: Packed | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token statistics (B, K) of the last K tokens: `logps`, and `entropies` / `log_sum_p2`
     (log sum_v p_v^2, detached; WPO weights) when asked for. See `token_logprobs`.
 
     `index` (optional, long): the flattened positions `mask.reshape(-1).nonzero()`, built on the host by
-    the collator; passing it avoids the device sync that `nonzero()` costs on a GPU."""
+    the collator; passing it avoids the device sync that `nonzero()` costs on a GPU. `packed`: the same
+    batch without padding (`Packed`, needs `index`); the decoder then runs on it and the results land on
+    the same (B, K) grid."""
     if index is None and mask is not None:
         index = mask.reshape(-1).nonzero().squeeze(-1)
-    hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index)
+    if packed is not None:
+        if index is None:
+            raise ValueError("a packed batch needs the target index of its (B, K) grid")
+        hidden = hidden_states(model, packed.input_ids, None, packed.position_ids)[0]
+        hidden, targets = hidden.index_select(0, packed.source), packed.targets
+    else:
+        hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index)
     return stats_from_hidden(
         model,
         hidden,
@@ -209,12 +250,14 @@ def token_logprobs(
     chunk_size: int | None = None,
     mask: torch.Tensor | None = None,
     index: torch.Tensor | None = None,
+    packed: Packed | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, K) of the last K tokens of `input_ids` (B, T), and their entropies (B, K) or None.
 
     `temperature` divides the logits (same as sampling). `mask` (B, K), optional: positions where it is 0 are
     not computed and come back as 0 (saves the LM head on padding); `index` is the same selection as
-    flattened positions, precomputed on the host (no device sync). Float32 outputs.
+    flattened positions, precomputed on the host (no device sync); `packed`: run the decoder on the batch
+    without padding (`Packed`). Float32 outputs.
     """
     out = token_stats(
         model,
@@ -226,6 +269,7 @@ def token_logprobs(
         chunk_size=chunk_size,
         mask=mask,
         index=index,
+        packed=packed,
     )
     return out["logps"], out.get("entropies")
 

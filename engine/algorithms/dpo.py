@@ -11,7 +11,8 @@ a frozen copy of the initial policy, or for LoRA from the policy with its adapte
 `sync_ref_model` (TR-DPO) mixes the policy into the reference (in `engine.algorithms.step`). Every
 `loss_type` (list + `loss_weights`), `f_divergence_type`, `use_weighting` (WPO) and `rpo_alpha` is handled
 by `engine.losses.dpo_loss`; this loop only assembles its inputs and logs its metrics (`rewards/*`,
-`logps/*`, `dpo/*`). Not supported yet: `padding_free` (length-bucketed batches are used instead).
+`logps/*`, `dpo/*`). `padding_free`: each micro-batch's chosen and rejected rows run as one row without padding
+(per-row position ids, no attention across rows); the results are the same per-token log-probs.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def reference_logps(ref: Reference, batch: PreferenceTokenBatch, ld_alpha: float
             tokens.logits_to_keep,
             mask=tokens.loss_mask,
             index=tokens.target_index,
+            packed=tokens.packed,
         )["logps"]
         seq = sequence_logps(logps, tokens.loss_mask, batch.num_pairs, ld_alpha, _lengths(batch))
     return seq.clone()  # a normal tensor (outside inference mode) that autograd may use
@@ -134,8 +136,6 @@ def _check_options(cfg: Any, spec: Any) -> None:
 def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
     _check_options(cfg, spec)
-    if cfg.padding_free:
-        ctx.events.log("padding_free is not supported yet; using length-bucketed batches", "warning")
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     pairs = prepare_pairs(spec, ctx, tokenizer)
     eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
@@ -159,7 +159,8 @@ def train(spec: Any, ctx: TrainContext) -> Path:
 
     def collate_from(source: list[Any], table: str) -> Any:
         def collate(indices: list[int]) -> DPOItem:
-            batch = collate_preferences([source[i] for i in indices], pad_id).to(ctx.device)
+            batch = collate_preferences([source[i] for i in indices], pad_id, pack=cfg.padding_free)
+            batch = batch.to(ctx.device)
             ref_logps = None
             if table in tables:
                 ref_logps = tables[table][torch.tensor(indices)].T.reshape(-1).to(ctx.device)
@@ -180,6 +181,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             tokens.logits_to_keep,
             mask=tokens.loss_mask,
             index=tokens.target_index,
+            packed=tokens.packed,
             with_log_sum_p2=cfg.use_weighting,
         )
         logps, mask = stats["logps"], tokens.loss_mask

@@ -7,8 +7,12 @@ rows, every assistant turn of messages rows (its end-of-turn tokens included), e
 `completion_only_loss: false` trains on all tokens (of messages rows too, unless `assistant_only_loss`). The loss (`nll`, `chunked_nll`, `dft`) comes from
 `engine.losses.sft_loss`, normalised by the target tokens of the whole optimizer step. With `config.bema`
 a bias-corrected EMA of the weights (`engine.losses.bema.BEMA`) is kept on the CPU and saved to
-`DIR/final/bema`. Not supported yet: packing and padding-free batches (length-bucketed batches are used
-instead, which keeps padding small without them).
+`DIR/final/bema`.
+
+`padding_free`: each micro-batch runs as one row without padding (per-row position ids, no attention across
+rows). `packing`: examples are first grouped into packs of at most `max_length` tokens (best-fit decreasing;
+`packing_strategy` "bfd", "bfd_split" and "bfd-requeue" pack alike, because examples are already truncated
+to `max_length`), a pack counts as one row of `per_device_train_batch_size`, and batches run padding-free.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from engine.algorithms.common import (
     run_offline_loop,
 )
 from engine.data import DataFormatError, collate_sft, expect_format, load_rows, tokenize_sft
+from engine.data.collate import pack_bins
 from engine.logprobs import token_logprobs
 from engine.losses import sft_loss
 from engine.models import load_policy, load_tokenizer, save_model
@@ -77,19 +82,28 @@ def _bema(cfg: Any, model: torch.nn.Module) -> Any:
 
 def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
-    if cfg.packing or cfg.padding_free:
-        ctx.events.log("packing/padding_free are not supported yet; using length-bucketed batches", "warning")
+    pack = cfg.packing or cfg.padding_free
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_examples(spec, ctx, tokenizer)
     eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
     model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
     pad_id = tokenizer.pad_token_id
-    stream = BatchStream([len(e.input_ids) for e in examples], cfg.per_device_train_batch_size, cfg.seed)
+    lengths = [len(e.input_ids) for e in examples]
+    units = [[i] for i in range(len(examples))]  # what one row of a batch holds: an example, or a pack
+    if cfg.packing:
+        units = pack_bins(lengths, cfg.max_length or max(lengths))
+        ctx.events.log(
+            f"packing: {len(examples)} examples in {len(units)} packs of <= {cfg.max_length} tokens"
+        )
+    stream = BatchStream(
+        [sum(lengths[i] for i in u) for u in units], cfg.per_device_train_batch_size, cfg.seed
+    )
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     bema = _bema(cfg, model) if cfg.bema is not None else None
 
     def collate(indices: list[int]) -> Any:
-        return collate_sft([examples[i] for i in indices], pad_id, cfg.pad_to_multiple_of).to(ctx.device)
+        chosen = [examples[i] for u in indices for i in units[u]]
+        return collate_sft(chosen, pad_id, cfg.pad_to_multiple_of, pack).to(ctx.device)
 
     def counts(batches: list[Any]) -> int:
         return sum(b.num_tokens for b in batches)
@@ -102,6 +116,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             batch.logits_to_keep,
             mask=batch.loss_mask,
             index=batch.target_index,
+            packed=batch.packed,
         )
         out = sft_loss(logps, batch.loss_mask, cfg.loss_type, num_tokens)
         for name, value in out.metrics.items():
@@ -124,7 +139,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         model,
         len(eval_examples),
         cfg.per_device_eval_batch_size,
-        lambda idx: collate_sft([eval_examples[i] for i in idx], pad_id, cfg.pad_to_multiple_of).to(
+        lambda idx: collate_sft([eval_examples[i] for i in idx], pad_id, cfg.pad_to_multiple_of, pack).to(
             ctx.device
         ),
         counts,
