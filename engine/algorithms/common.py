@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from engine import distributed
+from engine.algorithms.timing import PhaseTimer
 from engine.events import EventWriter, NullEvents
 
 STATE_FILE = "trainer_state.pt"
@@ -77,6 +78,7 @@ class TrainContext:
     uploads_dir: Path = Path("var/uploads")  # where uploaded dataset files live
     step: int = 0  # the last completed optimizer step (kept up to date by the loops)
     rollout_server: Any = None  # engine.rollout.vllm_server.ServerOptions for vllm_mode 'server'
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # per-phase seconds, logged as time/<phase>
 
     @classmethod
     def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:
@@ -113,8 +115,13 @@ def _no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps", "xpu")  # devices with torch's fused AdamW kernel
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """AdamW (or SGD) over trainable parameters; biases and norm weights get no weight decay (HF rule)."""
+    """The optimizer named by `optim` over trainable parameters; biases and norm weights get no weight decay
+    (HF rule). `adamw_torch_fused` uses torch's fused kernel wherever torch has one for the parameters'
+    device and dtype (CPU included), and plain AdamW elsewhere."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("the model has no trainable parameters (check peft_config.target_modules)")
@@ -125,12 +132,24 @@ def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    lr = cfg.learning_rate
     if cfg.optim == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.learning_rate)
-    fused = cfg.optim == "adamw_torch_fused" and all(p.is_cuda for _, p in named)
+        return torch.optim.SGD(groups, lr=lr)
+    if cfg.optim == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr)
+    if cfg.optim == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr)
+    if cfg.optim == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    fused = cfg.optim == "adamw_torch_fused" and all(
+        p.device.type in FUSED_ADAMW_DEVICES and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for _, p in named
+    )
     return torch.optim.AdamW(
         groups,
-        lr=cfg.learning_rate,
+        lr=lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon,
         fused=fused or None,
@@ -551,7 +570,7 @@ def run_offline_loop(
         counts = distributed.all_reduce_counts(parts.counts([b for b, ghost in batches if not ghost]))
         for batch, ghost in batches:
             ctx.check_stop()
-            with ctx.autocast():
+            with ctx.timer("forward"), ctx.autocast():
                 loss = parts.micro_step(batch, counts, StepMetrics(ctx.device) if ghost else metrics)
             if ghost:
                 loss = loss * 0.0

@@ -230,7 +230,12 @@ class TrainingArgs(StrictModel):
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0)
-    optim: Literal["adamw_torch", "adamw_torch_fused", "sgd"] = "adamw_torch"
+    optim: Literal["adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop"] = Field(
+        "adamw_torch_fused",
+        description="adamw_torch_fused: AdamW with torch's fused kernel on every device torch has one for "
+        "(CPU included), else AdamW; adamw_torch: AdamW without it; adafactor: transformers' Adafactor with a "
+        "fixed learning rate; sgd, adagrad, rmsprop: torch's",
+    )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
