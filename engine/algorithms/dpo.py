@@ -188,7 +188,8 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         seq = sequence_logps(logps, mask, n, cfg.ld_alpha, _lengths(batch))
         ref_seq = item.ref_logps
         if ref_seq is None and ref is not None:
-            ref_seq = reference_logps(ref, batch, cfg.ld_alpha)
+            with ctx.timer("reference"):
+                ref_seq = reference_logps(ref, batch, cfg.ld_alpha)
         weights = wpo_weights(logps.detach(), stats["log_sum_p2"], mask) if cfg.use_weighting else None
         pb = PreferenceBatch(
             chosen_logps=seq[:n],

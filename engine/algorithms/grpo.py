@@ -304,7 +304,7 @@ class GRPOTrainer:
         if self.weights_changed:
             self.backend.sync_weights(self.model, version=self.ctx.step)
             self.weights_changed = False
-        with self.ctx.autocast():
+        with self.ctx.timer("generation"), self.ctx.autocast():
             out = self.backend.generate(prompt_ids, G, self.sampling)
         if out.policy_version is None:  # an in-process sampler is the policy itself
             out.policy_version = self.ctx.step
@@ -471,12 +471,12 @@ class GRPOTrainer:
             mb = rollout.micro_batch(rows)
             index = torch.as_tensor(rows, dtype=torch.long, device=self.ctx.device)
             if old is not None:
-                with torch.inference_mode(), self.ctx.autocast():
+                with self.ctx.timer("old_logps"), torch.inference_mode(), self.ctx.autocast():
                     lp, _ = self._logps(self.model, mb, with_entropy=False)
                 old[index, : mb.logits_to_keep] = lp.clone()
                 self.counters.old_logp_forwards += 1
             if ref is not None:
-                with self.reference.use() as ref_model, self.ctx.autocast():
+                with self.ctx.timer("reference"), self.reference.use() as ref_model, self.ctx.autocast():
                     lp, _ = self._logps(ref_model, mb, with_entropy=False)
                 ref[index, : mb.logits_to_keep] = lp.clone()
                 self.counters.ref_logp_forwards += 1
@@ -613,7 +613,8 @@ class GRPOTrainer:
             micro, counts, rollouts = self.step_micro_batches()
             for rollout, rows in micro:
                 ctx.check_stop()
-                loss = self.micro_step(rollout.micro_batch(rows), counts, metrics)
+                with ctx.timer("forward"):
+                    loss = self.micro_step(rollout.micro_batch(rows), counts, metrics)
                 stepper.backward(loss)
                 metrics.add_sum("train/loss", loss.detach())
             stepper.step(metrics)

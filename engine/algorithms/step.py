@@ -127,14 +127,19 @@ class OptimizerStep:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward one micro-batch loss (scaled when training in float16)."""
-        if self.zero is not None:
-            self.zero.backward(loss)
-        else:
-            self.scaler.scale(loss).backward()
+        with self.ctx.timer("backward"):
+            if self.zero is not None:
+                self.zero.backward(loss)
+            else:
+                self.scaler.scale(loss).backward()
 
     def step(self, metrics: StepMetrics) -> None:
         """Unscale, clip to `max_grad_norm`, step the optimizer and the schedule, clear gradients, mix the
         reference when due. Adds `train/grad_norm` (the norm before clipping) to `metrics`."""
+        with self.ctx.timer("optimizer"):
+            self._step(metrics)
+
+    def _step(self, metrics: StepMetrics) -> None:
         self.lr = self.scheduler.get_last_lr()[0]
         if self.zero is not None:
             grad_norm: Any = self.zero.step()
@@ -170,6 +175,7 @@ class OptimizerStep:
         ctx.events.progress(step=self.step_count, total_steps=self.total, epoch=epoch)
         if not self.log_due:
             return False
+        ctx.timer.flush(metrics)
         metrics.set("train/learning_rate", self.lr)
         metrics.set("train/epoch", epoch)
         ctx.events.metrics(self.step_count, metrics.compute())
