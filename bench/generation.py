@@ -19,7 +19,8 @@ def _prompt_ids(tokenizer) -> list[list[int]]:
     rows = []
     for text in PROMPTS:
         chat = [{"role": "user", "content": text}]
-        rows.append(list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)))
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return rows
 
 
