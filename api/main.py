@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.openai_compat import create_openai_app
 from api.openapi import install_openapi
-from api.routes import catalog, files, health, jobs, me, presets
+from api.routes import admin, catalog, files, health, jobs, me, presets
 from api.web import install_web
 from core.celery_app import configure_celery
 from core.db import NotMigratedError, check_migrated, make_engine
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     install_error_handlers(app)
     install_openapi(app)
-    for module in (jobs, files, presets, catalog, me, health):
+    for module in (jobs, files, presets, catalog, me, health, admin):
         app.include_router(module.router)
     app.mount("/openai", create_openai_app(app))  # the OpenAI-compatible fine-tuning surface
 

@@ -30,15 +30,39 @@ def cmd_migrate(settings: Settings) -> None:
     print(f"database is at the latest revision: {settings.database_url}")
 
 
-def cmd_create_token(settings: Settings, user: str, name: str) -> None:
+def cmd_create_token(settings: Settings, user: str, name: str, admin: bool = False) -> None:
     from core.auth import create_user_and_token
     from core.db import check_migrated, get_engine, session_scope
 
     engine = get_engine(settings.database_url)
     check_migrated(engine)
     with session_scope(engine) as session:
-        _, raw = create_user_and_token(session, user, name)
+        row, raw = create_user_and_token(session, user, name)
+        if admin:
+            row.is_admin = True
     print(raw)
+
+
+def cmd_tokens(settings: Settings, command: str, token_id: int | None) -> int:
+    from core.db import check_migrated, get_engine, session_scope
+    from core.tokens import list_tokens, revoke_token
+
+    engine = get_engine(settings.database_url)
+    check_migrated(engine)
+    with session_scope(engine) as session:
+        if command == "list":
+            print(f"{'id':>5}  {'user':<16} {'name':<16} {'prefix':<11} {'last used':<20} revoked")
+            for t in list_tokens(session):
+                used = t["last_used_at"].strftime("%Y-%m-%d %H:%M") if t["last_used_at"] else "-"
+                revoked = t["revoked_at"].strftime("%Y-%m-%d %H:%M") if t["revoked_at"] else "-"
+                print(f"{t['id']:>5}  {t['user']:<16} {t['name']:<16} {t['prefix']:<11} {used:<20} {revoked}")
+            return 0
+        row = revoke_token(session, int(token_id or 0))
+    if row is None:
+        print(f"error: no token {token_id}", file=sys.stderr)
+        return 1
+    print(f"revoked token {row['id']} ({row['user']}/{row['name']})")
+    return 0
 
 
 def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -52,7 +76,8 @@ def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
             raw = path.read_text().strip()
             if authenticate(session, raw) is not None:
                 return raw, False
-        _, raw = create_user_and_token(session, ADMIN_USER, "embedded-admin")
+        admin, raw = create_user_and_token(session, ADMIN_USER, "embedded-admin")
+        admin.is_admin = True
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -95,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("create-token", help="create a user if needed and print a new API token once")
     token.add_argument("--user", required=True, help="user name (created if missing)")
     token.add_argument("--name", default="default", help="label for the token")
+    token.add_argument("--admin", action="store_true", help="make the user an operator (sees every job)")
+    tokens = sub.add_parser("tokens", help="operators: list API tokens or revoke one")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    tokens_sub.add_parser("list", help="every token: id, user, name, prefix, last use, revoked")
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token by id (it stops working at once)")
+    revoke.add_argument("token_id", type=int)
     sub.add_parser("up", help="embedded mode: migrate, ensure an admin token, run worker + api + dashboard")
     worker = sub.add_parser("worker", help="run a worker")
     worker.add_argument(
@@ -126,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             cmd_migrate(settings)
         elif args.command == "create-token":
-            cmd_create_token(settings, args.user, args.name)
+            cmd_create_token(settings, args.user, args.name, admin=args.admin)
+        elif args.command == "tokens":
+            return cmd_tokens(settings, args.tokens_command, getattr(args, "token_id", None))
         elif args.command == "up":
             cmd_up(settings)
         elif args.command == "worker":

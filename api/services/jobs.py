@@ -291,7 +291,10 @@ def dry_run(session: Session, user: User, body: dict[str, Any], settings: Settin
 
 
 def get_job(session: Session, user: User, job_id: str) -> Job:
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == user.id)).one_or_none()
+    query = select(Job).where(Job.id == job_id)
+    if not user.is_admin:  # operators inspect and cancel every job; others only their own
+        query = query.where(Job.owner_id == user.id)
+    job = session.scalars(query).one_or_none()
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id!r}", param="job_id")
     return job
@@ -376,7 +379,7 @@ def list_jobs(
     Returns (page, next_cursor, total). The cursor pages the default order; any other `sort` pages
     with `offset`, and next_cursor is then None.
     """
-    query = select(Job).where(Job.owner_id == user.id)
+    query = select(Job) if user.is_admin else select(Job).where(Job.owner_id == user.id)
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if algorithm:
