@@ -82,6 +82,8 @@ def test_operation_ids_are_stable(app) -> None:
         "list_presets",
         "get_preset",
         "healthz",
+        "admin_list_tokens",
+        "admin_revoke_token",
     }
 
 
