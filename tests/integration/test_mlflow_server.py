@@ -87,11 +87,11 @@ def mlflow_server(tmp_path_factory, pg_databases):
     artifacts = folder / "artifacts"
     artifacts.mkdir()
     server = MlflowServer(pg_databases(), artifacts, folder / "mlflow-server.log")
-    server.start()
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.stop()  # also when it never answered
 
 
 @pytest.fixture
