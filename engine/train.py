@@ -110,6 +110,15 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         from engine import distributed
 
         procs = distributed.init_from_env(ctx.device)
+        wanted = spec.distributed.num_processes if spec.distributed is not None else 1
+        if wanted != procs.world:  # a multi-process job run by hand as one process would train something else
+            from engine.spec.base import SpecError
+
+            raise SpecError(
+                "distributed.num_processes",
+                f"distributed.num_processes={wanted} but this engine runs as {procs.world} process(es): "
+                f"start it under torchrun --nproc_per_node {wanted} (the worker does this)",
+            )
         ctx.check_stop()
         if spec.hardware.accelerator == "gpu" and ctx.device.type != "cuda":
             events.log(

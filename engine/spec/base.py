@@ -198,7 +198,7 @@ class DistributedSpec(StrictModel):
 
     distributed_type: Literal["NO", "MULTI_GPU", "DEEPSPEED"] = "NO"
     num_processes: int = Field(1, ge=1, le=1024, description="processes in all (over every machine)")
-    num_machines: int = Field(1, ge=1, le=128)
+    num_machines: int = Field(1, ge=1, le=128, description="machines the processes are spread over")
     deepspeed_config: DeepSpeedConfig | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] | None = None
 
