@@ -511,24 +511,6 @@ def retry_job(session: Session, user: User, job_id: str) -> Job:
     return job
 
 
-def _unserved_queue(session: Session, queue: str, settings: Settings) -> SpecWarning | None:
-    """A warning when no live worker consumes `queue`; a 422 instead when the settings say so."""
-    from core.workers import queue_is_served
-
-    if queue_is_served(session, queue, settings.worker_live_s):
-        return None
-    message = f"waiting for a worker on queue {queue}"
-    if settings.refuse_unserved_queues:
-        raise ApiError(
-            422,
-            "no_worker_for_queue",
-            f"no live worker consumes queue {queue}",
-            param="hardware",
-            remediation=f"start a worker with --queues {queue}, or pick hardware that a running worker serves",
-        )
-    return SpecWarning(code="no_live_worker", message=message, param="hardware")
-
-
 def checkpoint_dir(session: Session, user: User, job_id: str, step: int) -> Path:
     """The folder of the job's checkpoint at `step`; only folders inside the job's output_dir are served."""
     job = get_job(session, user, job_id)
