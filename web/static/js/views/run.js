@@ -143,7 +143,7 @@ export async function render(root, params) {
         h("button", { type: "button", id: "sample-next", text: "Next ▶", disabled: i >= steps.length - 1, onclick: () => go(i + 1) }),
         h("span", { class: "muted", text: `${steps.length} logged steps` })),
       h("div", { class: "table-wrap" }, h("table", { class: "samples", id: "samples-table" },
-        h("thead", {}, h("tr", {}, ...["#", "Prompt", "Completion", "Reward", "Length"].map((t) => h("th", { scope: "col", text: t })))),
+        h("thead", {}, h("tr", {}, ...["#", "Prompt", "Completion", "Reward", "Length"].map((t, n) => h("th", { scope: "col", class: n >= 3 ? "num" : undefined, text: t })))),
         h("tbody", {}, ...rows.map((s, n) => h("tr", {},
           h("td", { text: String(n + 1) }),
           h("td", {}, h("pre", { text: typeof s.prompt === "string" ? s.prompt : JSON.stringify(s.prompt) })),
