@@ -1,4 +1,4 @@
-"""Binary classifier optimisation (arXiv 2404.04656) on unpaired feedback, ALGORITHMS §3.2.
+"""Binary classifier optimisation (arXiv 2404.04656) on unpaired feedback.
 
     final_dir = train(spec, ctx)        # spec.algorithm == "bco"
 

@@ -1,4 +1,4 @@
-"""Contrastive preference optimisation and its reference-free relatives (CPO, SimPO, AlphaPO), ALGORITHMS §4.
+"""Contrastive preference optimisation and its reference-free relatives (CPO, SimPO, AlphaPO).
 
     final_dir = train(spec, ctx)        # spec.algorithm == "cpo"
 

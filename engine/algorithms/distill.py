@@ -1,4 +1,4 @@
-"""GKD and GOLD: distil a frozen teacher's token distributions into the student (ALGORITHMS.md §8.1, §8.2).
+"""GKD and GOLD: distil a frozen teacher's token distributions into the student.
 
     python -m engine.train --spec gkd.json --out runs/gkd      # algorithm "gkd" or "gold"
 

@@ -2,7 +2,7 @@
 
     python -m engine.train --spec grpo.json --out runs/grpo     # dispatches to train(spec, ctx)
 
-Batching (ALGORITHMS.md §1.1). One *generation* samples `num_generations` (G) completions for each of
+Batching. One *generation* samples `num_generations` (G) completions for each of
 `per_device_train_batch_size * steps_per_generation / G` prompts, scores them (rewards -> `combine_rewards`
 -> the objective's advantages), shuffles the rows and cuts them into `steps_per_generation` (SPG) slices of
 `per_device_train_batch_size` completions. Every slice is a micro-step; an optimizer step takes
@@ -88,7 +88,7 @@ class Slice:
 
 @dataclass
 class Plan:
-    """Batch sizes derived from the config (§1.1), checked once at start-up."""
+    """Batch sizes derived from the config, checked once at start-up."""
 
     num_generations: int
     batch_size: int  # completions per micro-step
@@ -154,7 +154,7 @@ class Objective:
 
 
 def grpo_objective(cfg: Any) -> Objective:
-    """GRPO and its variants: group-relative advantages (ALGORITHMS §1.3), the loss of `cfg.loss_type`."""
+    """GRPO and its variants: group-relative advantages, the loss of `cfg.loss_type`."""
 
     def advantages(
         rewards: torch.Tensor, group: int, rollout: ScoredRollout

@@ -1,4 +1,4 @@
-"""Kahneman-Tversky optimisation (arXiv 2402.01306) on unpaired feedback, ALGORITHMS §3.1.
+"""Kahneman-Tversky optimisation (arXiv 2402.01306) on unpaired feedback.
 
     final_dir = train(spec, ctx)        # spec.algorithm == "kto"
 

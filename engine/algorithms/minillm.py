@@ -1,4 +1,4 @@
-"""MiniLLM: on-policy distillation optimised as a policy gradient (ALGORITHMS.md §8.3), a GRPO loop with a teacher.
+"""MiniLLM: on-policy distillation optimised as a policy gradient, a GRPO loop with a teacher.
 
     python -m engine.train --spec minillm.json --out runs/minillm
 
@@ -14,8 +14,8 @@ positions divided by `kd_temperature`, MiniLLM adds:
   (`distill` loss `minillm`), divided by the completion tokens of the whole optimizer step.
 
 As in TRL, the policy term's log-probs use GRPO's `temperature` while both MiniLLM terms use
-`kd_temperature`. TRL's quirks (§8.3 (a)-(d), §12.2 trap 13) are fixed the way the loss library fixes
-them: padding never counts, the advantage is detached, and the single-step term has a global divisor
+`kd_temperature`. Where TRL's version lets padding leak into the sums, back-propagates through the advantage
+or scales the single-step term by gradient accumulation, this one does not: padding never counts, the advantage is detached, and the single-step term has a global divisor
 (it is not multiplied by gradient accumulation). The student's decoder runs once per micro-batch: its
 hidden states feed the GRPO log-probs and both MiniLLM terms; the teacher runs under inference mode.
 The teacher is loaded and checked as for GKD (`engine.algorithms.distill.load_teacher`).

@@ -1,4 +1,4 @@
-"""Reward modelling: a Bradley-Terry sequence classifier on preference pairs, ALGORITHMS §5.
+"""Reward modelling: a Bradley-Terry sequence classifier on preference pairs.
 
     final_dir = train(spec, ctx)        # spec.algorithm == "reward"
 

@@ -1,4 +1,4 @@
-"""RLOO, REINFORCE with leave-one-out baselines (arXiv 2402.14740, ALGORITHMS §7), on the GRPO loop.
+"""RLOO, REINFORCE with leave-one-out baselines (arXiv 2402.14740), on the GRPO loop.
 
     python -m engine.train --spec rloo.json --out runs/rloo     # dispatches to train(spec, ctx)
 

@@ -3,7 +3,7 @@
     examples, dropped = tokenize_reward_pairs(rows, tokenizer, max_length=1024)
     batch = collate_reward_pairs(examples[:8], pad_id)    # input_ids (2B, T): chosen_1..B, rejected_1..B
 
-As `RewardTrainer` (ALGORITHMS §5): an explicit prompt is prepended to both responses, an implicit one is
+As TRL's `RewardTrainer`: an explicit prompt is prepended to both responses, an implicit one is
 the shared start of the two (`engine.data.tokenize.preference_example`, which also appends EOS to plain
 strings and applies the chat template to conversations); pairs where either side is longer than
 `max_length` are dropped, not truncated. `margin`, when the dataset has that column, must be a number on

@@ -5,7 +5,7 @@ give each row KTO's mismatched completion, and batch.
     assign_kl_completions(examples, max_length=1024)       # only for KTO's `kto` loss
     batch = collate_unpaired(examples[:4], pad_id, with_kl=True)
 
-A preference dataset is unpaired here (ALGORITHMS §3.1): every pair becomes a desirable row (prompt, chosen)
+A preference dataset is unpaired here: every pair becomes a desirable row (prompt, chosen)
 and an undesirable row (prompt, rejected), and the rows are then shuffled (seeded), so that no stretch of the
 data holds a single label. A row tokenizes exactly like one side of a preference pair
 (`engine.data.tokenize.preference_example`: chat template for conversations, EOS appended to plain strings)

@@ -52,7 +52,7 @@ def _softplus(x):
     return math.log1p(math.exp(-abs(x))) + max(-x, 0.0)  # -log s(x)
 
 
-PAIR_LOSS = {  # per-pair loss from the logged margin m = beta * u (ALGORITHMS §4), gamma = 0.5
+PAIR_LOSS = {  # per-pair loss from the logged margin m = beta * u, gamma = 0.5
     "sigmoid": lambda m: _softplus(m),
     "hinge": lambda m: max(0.0, 1 - m),
     "ipo": lambda m: (m / BETA - 1 / (2 * BETA)) ** 2,

@@ -1,4 +1,4 @@
-"""GFPO (arXiv 2508.09726, ALGORITHMS §9.2) through the GRPO loop: the `gfpo` preset, scaled down, trains on
+"""GFPO (arXiv 2508.09726) through the GRPO loop: the `gfpo` preset, scaled down, trains on
 tiny:llama; each group of G samples keeps its k shortest completions, and only those k get log-probs and
 advantages (group mean and std over the k survivors)."""
 

@@ -1,4 +1,4 @@
-"""RLOO on tiny:llama (ALGORITHMS §7): `python -m engine.train` with beta = 0 and beta > 0, the KL-penalised
+"""RLOO on tiny:llama: `python -m engine.train` with beta = 0 and beta > 0, the KL-penalised
 reward and leave-one-out advantages worked out by hand, the loop's rollouts against the same formulas, the
 on-policy shortcuts RLOO does not take (old log-probs always) and does take (no reference at beta = 0),
 resume, and learning on small sums."""
@@ -119,7 +119,7 @@ def test_engine_train_runs_rloo(tmp_path, hash_reward, beta):
 
 
 def _by_hand(rewards, old, ref, mask, G, beta, clip=None, normalize=False):
-    """ALGORITHMS §7 with plain Python: clip, subtract beta * sum_t m (old - ref), leave one out."""
+    """The RLOO advantage in plain Python: clip, subtract beta * sum_t m (old - ref), leave one out."""
     shaped = []
     for r, o, f, m in zip(rewards, old, ref, mask, strict=True):
         if clip is not None and not math.isnan(r):

@@ -1,4 +1,4 @@
-"""Distillation losses (ALGORITHMS §8) and PAPO perception terms (§9.3)."""
+"""Distillation losses and PAPO perception terms, against their formulas in plain Python."""
 
 import math
 

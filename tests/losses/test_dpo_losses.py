@@ -1,4 +1,4 @@
-"""DPO-family losses against the formulas of ALGORITHMS §2 (seed-era meanings), in plain Python."""
+"""DPO-family losses against their formulas, worked out in plain Python."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""GRPO-family losses against values worked out from ALGORITHMS §1.4-§1.10 in plain Python."""
+"""GRPO-family losses against values worked out from their formulas in plain Python."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Masks and importance weights of the GRPO pipeline (ALGORITHMS §1.6, §1.10-§1.12)."""
+"""Masks and importance weights of the GRPO pipeline, against hand-computed values."""
 
 import math
 

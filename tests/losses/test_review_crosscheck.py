@@ -1,4 +1,4 @@
-"""Cross-checks of the highest-risk formulas against values worked out by hand from ALGORITHMS.md.
+"""Cross-checks of the highest-risk formulas against values worked out by hand from the papers' formulas.
 
 Every expected value below is computed with plain `math` on tiny inputs, never with library helpers,
 so a change of sign, clip bound, stop-gradient, clamp or normaliser shows up as a failure.
@@ -54,7 +54,7 @@ def counts(mask):
     return GlobalCounts(num_tokens=sum(map(sum, mask)), num_sequences=len(mask))
 
 
-# --- vLLM importance-sampling weights (§1.11) -------------------------------------------------------
+# --- vLLM importance-sampling weights ----------------------------------------------------------------
 
 # row 0: d = old - sampling = [750, 0] -> e^750 and the sequence product e^750 overflow to inf
 # row 1: d = [0.1, -0.2] -> token ratios e^0.1, e^-0.2; sequence ratio e^-0.1
@@ -109,7 +109,7 @@ def test_is_bounds_apply_one_sided_when_the_other_is_none():
     assert seq.flatten().tolist() == pytest.approx([0.9], rel=1e-12)  # e^-0.5 = 0.61 raised to clip_min
 
 
-# --- RLOO (§7) --------------------------------------------------------------------------------------
+# --- RLOO --------------------------------------------------------------------------------------------
 
 
 def test_rloo_loss_from_spec_applies_no_vllm_importance_weight():
@@ -150,7 +150,7 @@ def test_rloo_leave_one_out_and_group_bessel_std():
     assert g.tolist() == pytest.approx(expected, rel=1e-12)
 
 
-# --- GRPO-family surrogates (§1.4, §1.5) ----------------------------------------------------------
+# --- GRPO-family surrogates ----------------------------------------------------------------------
 
 LP = [[-1.0, -0.5, -2.0], [-0.3, -1.2, -0.7]]
 OLD = [[-1.1, -0.2, -2.5], [-0.3, -0.9, -0.9]]
@@ -259,7 +259,7 @@ def test_bias_corrected_k3_with_sequence_ratio_carries_gradient_through_the_rati
     assert torch.allclose(b.logps.grad, t(grad), atol=1e-14)
 
 
-# --- masks (§1.6, §1.10) ------------------------------------------------------------------------------
+# --- masks ---------------------------------------------------------------------------------------------
 
 
 def test_off_policy_mask_keeps_kl_equal_to_threshold_and_non_negative_advantages():
@@ -279,7 +279,7 @@ def test_entropy_threshold_interpolates_linearly():
     assert high_entropy_mask(ent, mask, 0.3).tolist() == [[1, 0, 0], [0, 1, 0]]
 
 
-# --- preference and unpaired losses (§2, §3) -----------------------------------------------------------
+# --- preference and unpaired losses ------------------------------------------------------------------
 
 
 def test_dpo_ipo_and_robust_use_the_f_divergence_score():
@@ -340,7 +340,7 @@ def test_bco_running_mean_chan_update_from_count_1e_minus_24():
     assert out.loss.item() == pytest.approx(-ls(-(1.0 - mu)), rel=1e-12)
 
 
-# --- distillation (§8.1) and BEMA (§6.3) ------------------------------------------------------------
+# --- distillation and BEMA -------------------------------------------------------------------------
 
 
 def _softmax(row):

@@ -1,4 +1,4 @@
-"""SFT token losses (ALGORITHMS §6.2) and the BEMA averager (§6.3)."""
+"""SFT token losses and the BEMA averager, against their formulas in plain Python."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""KTO and BCO against ALGORITHMS §3, in plain Python."""
+"""KTO and BCO against their formulas, in plain Python."""
 
 import math
 
