@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -130,6 +130,9 @@ class GenerationArgs(TrainingArgs):
 
 
 class GRPOConfig(GenerationArgs):
+    # Group-relative advantages need two samples per prompt; a subclass whose advantage does not compare
+    # samples of a group lowers this (and only this) rule.
+    min_generations: ClassVar[int] = 2
     loss_type: GrpoLoss = "dapo"
     beta: float = Field(0.0, ge=0)
     epsilon: float = Field(0.2, gt=0)
@@ -172,10 +175,11 @@ class GRPOConfig(GenerationArgs):
 
     @model_validator(mode="after")
     def _grpo(self) -> GRPOConfig:
-        if self.num_generations < 2:
+        if self.num_generations < self.min_generations:
             raise SpecError(
                 "num_generations",
-                "num_generations must be >= 2: group-relative advantages need at least two samples",
+                f"num_generations must be >= {self.min_generations}: group-relative advantages need at "
+                "least two samples",
             )
         if self.loss_type == "cispo" and self.epsilon_high is None:
             raise SpecError(
@@ -247,6 +251,7 @@ class PAPOConfig(GRPOConfig):
 
 
 class MiniLLMConfig(GRPOConfig):
+    min_generations: ClassVar[int] = 1  # one sample learns from the teacher (its group advantage is 0)
     teacher_model_name_or_path: str | None = Field(
         None, description="required: the teacher (HF id, local path, 'bundled:...' or 'tiny:llama')"
     )
@@ -255,10 +260,6 @@ class MiniLLMConfig(GRPOConfig):
     kd_temperature: float = Field(1.0, gt=0)
     gamma: float = Field(0.0, ge=0, le=1)
     length_normalization: bool = True
-
-    @model_validator(mode="after")
-    def _grpo(self) -> MiniLLMConfig:  # MiniLLM allows a single generation per prompt
-        return self
 
     @model_validator(mode="after")
     def _teacher(self) -> MiniLLMConfig:
