@@ -153,7 +153,7 @@ class Job(Base):
 
 
 class JobTransition(Base):
-    """Append-only: one row per status change, written by `core.states.transition` only."""
+    """Append-only: one row per status change, written by `core.transitions.transition` only."""
 
     __tablename__ = "job_transitions"
     __table_args__ = (Index("ix_job_transitions_job", "job_id", "id"),)

@@ -7,7 +7,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 COPY docker/requirements-api.txt /tmp/requirements-api.txt
 RUN /opt/venv/bin/pip install -r /tmp/requirements-api.txt \
-    && printf '#!/bin/sh\nexec python -m core.cli "$@"\n' > /opt/venv/bin/papertrain \
+    && printf '#!/bin/sh\nexec python -m papertrain "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
 
 # The dashboard's browser assets (uPlot, Swagger UI) from npm, as `make install` gets them.
@@ -33,6 +33,7 @@ COPY api ./api
 COPY core ./core
 COPY engine ./engine
 COPY worker ./worker
+COPY papertrain ./papertrain
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \

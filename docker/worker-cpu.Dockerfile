@@ -9,10 +9,10 @@ RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu t
 COPY docker/constraints-worker.txt /tmp/constraints-worker.txt
 COPY pyproject.toml README.md /src/
 # Installs the dependencies pyproject.toml lists, then drops the package itself: the code runs from /app.
-RUN mkdir -p /src/api /src/core /src/engine /src/worker \
+RUN mkdir -p /src/api /src/core /src/engine /src/worker /src/papertrain \
     && /opt/venv/bin/pip install -c /opt/venv/constraints.txt -c /tmp/constraints-worker.txt /src \
     && /opt/venv/bin/pip uninstall -y papertrain \
-    && printf '#!/bin/sh\nexec python -m core.cli "$@"\n' > /opt/venv/bin/papertrain \
+    && printf '#!/bin/sh\nexec python -m papertrain "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
 
 FROM python:3.11.14-slim-bookworm
@@ -26,6 +26,7 @@ COPY api ./api
 COPY core ./core
 COPY engine ./engine
 COPY worker ./worker
+COPY papertrain ./papertrain
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \

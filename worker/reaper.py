@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 
 from core.models import Job, utcnow
 from core.queue import Sender, enqueue_job
-from core.states import InvalidTransition, JobStatus, lock_job, transition
+from core.states import InvalidTransition, JobStatus
+from core.transitions import lock_job, transition
 
 log = logging.getLogger(__name__)
 

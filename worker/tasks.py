@@ -33,7 +33,8 @@ from core.celery_app import RUN_JOB_TASK
 from core.db import get_engine
 from core.models import Job, JobEvent, utcnow
 from core.queue import Sender, enqueue_job
-from core.states import InvalidTransition, JobStatus, transition
+from core.states import InvalidTransition, JobStatus
+from core.transitions import transition
 from worker.runner import EngineRunner, RunResult
 from worker.tracking import MlflowTracker, flatten_params
 

@@ -2,7 +2,7 @@
 the commit; list, read, cancel and retry a user's jobs; read its events, metrics and checkpoints.
 
 Every function takes the caller's user and only ever sees that user's jobs (others' are 404). Status
-changes go through `core.states.transition`; this module never assigns `Job.status` itself.
+changes go through `core.transitions.transition`; this module never assigns `Job.status` itself.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from api.errors import ApiError, validation_error
 from api.services import idempotency
 from core.models import Job, JobEvent, UploadedFile, User, utcnow
 from core.settings import Settings
-from core.states import CANCELLABLE, RETRYABLE, JobStatus, lock_job, record_created, transition
+from core.states import CANCELLABLE, RETRYABLE, JobStatus
+from core.transitions import lock_job, record_created, transition
 from engine.spec import CONFIG_CLASSES, parse_job_spec, resolve, unsupported
 from engine.spec.base import SpecError
 from engine.spec.warnings import SpecWarning

@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVER_COMMANDS:
         try:
-            from core.cli import main as server_main
+            from papertrain.cli import main as server_main
         except ImportError:
             print(
                 f"papertrain {argv[0]}: a server command; install the papertrain server package",

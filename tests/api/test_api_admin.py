@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from core.auth import create_user_and_token
-from core.cli import main as cli_main
 from core.models import User
+from papertrain.cli import main as cli_main
 
 
 def _admin(db) -> dict[str, str]:
@@ -42,9 +42,9 @@ def test_tokens_are_listed_and_revoked_by_admins_only(client, alice, bob, db) ->
 
 
 def test_the_cli_lists_and_revokes_tokens(settings, tokens, db, monkeypatch, capsys) -> None:
-    import core.cli
+    import papertrain.cli
 
-    monkeypatch.setattr(core.cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(papertrain.cli, "get_settings", lambda: settings)
     assert cli_main(["tokens", "list"]) == 0
     out = capsys.readouterr().out
     assert "alice" in out and "bob" in out

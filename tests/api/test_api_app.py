@@ -27,7 +27,7 @@ def test_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
 
 def test_import_does_not_pull_in_torch_or_mlflow() -> None:
     code = (
-        "import sys, api.main, api.services.jobs, core.cli, core.db, core.states, core.auth, engine.spec;"
+        "import sys, api.main, api.services.jobs, papertrain.cli, core.db, core.states, core.auth, engine.spec;"
         "api.main.create_app;"
         "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'vllm') if m in sys.modules];"
         "assert not heavy, heavy"

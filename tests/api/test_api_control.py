@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from core.models import JobTransition
-from core.states import transition
+from core.transitions import transition
 
 # How a job reaches each status from `queued`, the way the worker and the reaper move it.
 PATHS = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.models import JobEvent
-from core.states import transition
+from core.transitions import transition
 
 
 def test_failed_job_shows_a_typed_error_without_traceback_or_paths(client, alice, submit, db) -> None:

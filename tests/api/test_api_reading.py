@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.models import JobEvent
-from core.states import transition
+from core.transitions import transition
 
 
 def _add_events(db, job_id: str, rows: list[tuple[str, int | None, dict]]) -> list[int]:

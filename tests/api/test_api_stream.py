@@ -9,7 +9,7 @@ import pytest
 
 import api.services.stream
 from core.models import JobEvent
-from core.states import transition
+from core.transitions import transition
 
 
 @pytest.fixture(autouse=True)

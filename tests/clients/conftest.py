@@ -42,10 +42,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    from core.cli import ensure_admin_token
     from core.db import migrate
-    from core.launcher import settings_env
     from core.settings import Settings
+    from papertrain.cli import ensure_admin_token
+    from papertrain.launcher import settings_env
 
     root = tmp_path_factory.mktemp("platform")
     settings = Settings(var_dir=root / "var", port=_free_port(), heartbeat_interval_s=1, cancel_grace_s=5)
@@ -57,7 +57,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         **settings_env(settings),
         "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "sdk")]),
     }
-    code = "from core.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
+    code = "from papertrain.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
     log = (root / "platform.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{settings.port}"

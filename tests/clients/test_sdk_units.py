@@ -82,7 +82,7 @@ def test_error_bodies_become_typed_errors_with_param() -> None:
 
 
 def test_the_server_cli_hands_client_groups_to_the_sdk(capsys) -> None:
-    from core.cli import main
+    from papertrain.cli import main
 
     assert main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 6
     assert "did not answer" in capsys.readouterr().err

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from core import cli
 from core.auth import authenticate
 from core.db import NotMigratedError, check_migrated, make_engine, session_scope
 from core.models import User
 from core.settings import Settings
+from papertrain import cli
 
 
 def test_sqlite_connections_get_wal_foreign_keys_and_busy_timeout(engine) -> None:
@@ -67,9 +67,9 @@ def test_cli_migrate_then_create_token(tmp_path, monkeypatch, capsys) -> None:
 def test_cli_up_creates_the_admin_token_once(tmp_path, monkeypatch, capsys) -> None:
     settings = _settings(tmp_path, monkeypatch)
     launched = []
-    import core.launcher
+    import papertrain.launcher
 
-    monkeypatch.setattr(core.launcher, "run_embedded", lambda s: launched.append(s))
+    monkeypatch.setattr(papertrain.launcher, "run_embedded", lambda s: launched.append(s))
     assert cli.main(["up"]) == 0
     token_file = settings.var_dir / "admin-token"
     raw = token_file.read_text().strip()

@@ -12,16 +12,8 @@ import pytest
 from sqlalchemy import select, text
 
 from core.models import Job, JobEvent, JobTransition
-from core.states import (
-    ALLOWED,
-    CANCELLABLE,
-    TERMINAL,
-    InvalidTransition,
-    JobNotFound,
-    JobStatus,
-    record_created,
-    transition,
-)
+from core.states import ALLOWED, CANCELLABLE, TERMINAL, InvalidTransition, JobStatus
+from core.transitions import JobNotFound, record_created, transition
 
 # The platform contract, written out edge by edge (independent of core.states.ALLOWED).
 EXPECTED_EDGES = {

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core.launcher import AlreadyRunning, run_embedded, worker_lock
 from core.settings import Settings
 from engine.process import hold_lock, lock_holder
+from papertrain.launcher import AlreadyRunning, run_embedded, worker_lock
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

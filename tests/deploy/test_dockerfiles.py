@@ -89,10 +89,10 @@ def test_api_requirements_cover_what_the_api_and_its_commands_import(tmp_path):
     code = f"""
 import json, sys
 before = set(sys.modules)
-import api.main, core.cli, core.db, core.auth, alembic.command, psycopg, uvicorn, redis
+import api.main, papertrain.cli, core.db, core.auth, alembic.command, psycopg, uvicorn, redis
 from core.settings import Settings
 api.main.create_app(Settings(var_dir={str(tmp_path)!r}))
-core.cli.build_parser()
+papertrain.cli.build_parser()
 from importlib import metadata
 dists = metadata.packages_distributions()
 tops = {{m.split('.')[0] for m in set(sys.modules) - before}}

@@ -12,7 +12,7 @@ from worker_testkit import create_token, job_body, make_settings, pid_alive, wai
 from api.main import create_app
 from core.celery_app import configure_celery
 from core.db import make_engine, migrate
-from core.launcher import start_worker, stop_worker
+from papertrain.launcher import start_worker, stop_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

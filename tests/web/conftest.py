@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from core.launcher import REPO_ROOT, settings_env
 from core.settings import Settings
+from papertrain.launcher import REPO_ROOT, settings_env
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -83,7 +83,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         for user in ("alice", "bob"):
             _, tokens[user] = create_user_and_token(session, user)
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}
-    code = "from core.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
+    code = "from papertrain.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT)
     platform = Platform(f"http://{settings.host}:{settings.port}", tokens)
     try:

@@ -18,7 +18,7 @@ from worker_testkit import create_token, job_body, pid_alive, wait_for, wait_for
 
 from api.main import create_app
 from core.celery_app import configure_celery
-from core.launcher import REPO_ROOT, settings_env, start_worker, stop_worker
+from papertrain.launcher import REPO_ROOT, settings_env, start_worker, stop_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -109,7 +109,7 @@ def test_embedded_launcher_runs_a_job_and_stops_cleanly(tmp_path, factory):
     settings = make_settings(tmp_path, port=_free_port())
     token = create_token(factory)
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO_ROOT)}
-    code = "from core.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
+    code = "from papertrain.launcher import run_embedded; from core.settings import get_settings; run_embedded(get_settings())"
     launcher = subprocess.Popen([sys.executable, "-c", code], env=env)
     base = f"http://{settings.host}:{settings.port}"
     headers = {"Authorization": f"Bearer {token}"}

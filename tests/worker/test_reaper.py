@@ -7,7 +7,8 @@ from datetime import timedelta
 from worker_testkit import add_job, get_job
 
 from core.models import Job, utcnow
-from core.states import JobStatus, transition
+from core.states import JobStatus
+from core.transitions import transition
 from worker.reaper import reap_stale_jobs, resend_waiting_jobs
 
 TIMEOUT_S = 120

@@ -14,7 +14,8 @@ from sqlalchemy import select
 from worker_testkit import add_job, get_job, make_settings, pid_alive, wait_for
 
 from core.models import JobEvent, JobTransition, utcnow
-from core.states import JobStatus, transition
+from core.states import JobStatus
+from core.transitions import transition
 from worker.runner import LOG_TAIL_LINES, engine_command
 from worker.tasks import execute_job
 

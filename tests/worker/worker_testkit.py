@@ -20,7 +20,8 @@ from core.auth import get_or_create_user
 from core.db import make_engine, migrate
 from core.models import Job
 from core.settings import Settings
-from core.states import JobStatus, record_created
+from core.states import JobStatus
+from core.transitions import record_created
 from engine.spec import parse_job_spec, resolve
 
 FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")

@@ -1,4 +1,4 @@
-"""The `papertrain` command (also `python -m core.cli`): migrate the database, create tokens, start the
+"""The `papertrain` command (also `python -m papertrain`): migrate the database, create tokens, start the
 platform.
 
     papertrain up                       # embedded mode: migrate, admin token, worker + api + dashboard
@@ -94,7 +94,7 @@ def cmd_up(settings: Settings) -> None:
     else:
         print(f"admin token: see {token_file}")
     print(f"dashboard: http://{settings.host}:{settings.port}/")
-    from core.launcher import run_embedded
+    from papertrain.launcher import run_embedded
 
     run_embedded(settings)
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from core.launcher import AlreadyRunning
+        from papertrain.launcher import AlreadyRunning
 
         if not isinstance(exc, AlreadyRunning):
             raise

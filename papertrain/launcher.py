@@ -7,7 +7,7 @@ environment variables, so a `Settings` object built in code reaches it unchanged
 stops uvicorn, then asks the worker to stop: a running job's engine is stopped and the job re-queued,
 so the next `papertrain up` resumes it. If the worker does not exit in time it is killed.
 
-This module does not migrate, create tokens or parse command lines (core/cli.py does).
+This module does not migrate, create tokens or parse command lines (papertrain/cli.py does).
 """
 
 from __future__ import annotations
