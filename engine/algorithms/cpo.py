@@ -27,15 +27,10 @@ from engine.algorithms.common import (
     offline_evaluator,
     run_offline_loop,
 )
-from engine.data import (
-    DataFormatError,
-    PreferenceExample,
-    PreferenceTokenBatch,
-    collate_preferences,
-    expect_format,
-    load_rows,
-    tokenize_preferences,
-)
+from engine.data.collate import PreferenceTokenBatch, collate_preferences
+from engine.data.formats import DataFormatError, expect_format
+from engine.data.sources import load_rows
+from engine.data.tokenize import PreferenceExample, tokenize_preferences
 from engine.logprobs import token_logprobs
 from engine.losses import CPOLossConfig, PreferenceBatch, cpo_loss
 from engine.models import load_policy, load_tokenizer

@@ -51,7 +51,9 @@ from engine.algorithms.common import (
     run_offline_loop,
     total_optimizer_steps,
 )
-from engine.data import DataFormatError, RowError, TokenBatch, expect_format, load_rows, pad_rows
+from engine.data.collate import TokenBatch, pad_rows
+from engine.data.formats import DataFormatError, RowError, expect_format
+from engine.data.sources import load_rows
 from engine.data.tokenize import sft_example
 from engine.functional import Count
 from engine.logprobs import LOGIT_BUDGET, output_logits, target_hidden, vocab_width

@@ -31,14 +31,10 @@ from engine.algorithms.common import (
     offline_evaluator,
     run_offline_loop,
 )
-from engine.data import (
-    DataFormatError,
-    PreferenceTokenBatch,
-    collate_preferences,
-    expect_format,
-    load_rows,
-    tokenize_preferences,
-)
+from engine.data.collate import PreferenceTokenBatch, collate_preferences
+from engine.data.formats import DataFormatError, expect_format
+from engine.data.sources import load_rows
+from engine.data.tokenize import tokenize_preferences
 from engine.logprobs import token_stats
 from engine.losses import DPOLossConfig, DPOState, PreferenceBatch, dpo_loss, ld_sequence_logps, wpo_weights
 from engine.models import Reference, load_policy, load_reference, load_tokenizer

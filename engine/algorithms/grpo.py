@@ -55,7 +55,8 @@ from engine import advantages as adv_lib
 from engine import distributed
 from engine.algorithms.common import StepMetrics, TrainContext, seed_everything, total_optimizer_steps
 from engine.algorithms.step import OptimizerStep
-from engine.data import expect_format, load_rows
+from engine.data.formats import expect_format
+from engine.data.sources import load_rows
 from engine.functional import GlobalCounts
 from engine.logprobs import token_logprobs
 from engine.losses import (

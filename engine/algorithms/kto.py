@@ -31,7 +31,9 @@ from engine.algorithms.common import (
     offline_evaluator,
     run_offline_loop,
 )
-from engine.data import DataFormatError, TokenBatch, expect_format, load_rows
+from engine.data.collate import TokenBatch
+from engine.data.formats import DataFormatError, expect_format
+from engine.data.sources import load_rows
 from engine.data.unpaired import (
     UnpairedExample,
     UnpairedTokenBatch,

@@ -33,13 +33,14 @@ from engine.algorithms.common import (
     offline_evaluator,
     run_offline_loop,
 )
-from engine.data import DataFormatError, expect_format, load_rows
+from engine.data.formats import DataFormatError, expect_format
 from engine.data.reward_pairs import (
     RewardExample,
     RewardTokenBatch,
     collate_reward_pairs,
     tokenize_reward_pairs,
 )
+from engine.data.sources import load_rows
 from engine.losses import reward_loss
 from engine.models import (
     TINY_SEED,

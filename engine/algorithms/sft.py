@@ -30,8 +30,10 @@ from engine.algorithms.common import (
     offline_evaluator,
     run_offline_loop,
 )
-from engine.data import DataFormatError, collate_sft, expect_format, load_rows, tokenize_sft
-from engine.data.collate import pack_bins
+from engine.data.collate import collate_sft, pack_bins
+from engine.data.formats import DataFormatError, expect_format
+from engine.data.sources import load_rows
+from engine.data.tokenize import tokenize_sft
 from engine.logprobs import token_logprobs
 from engine.losses import sft_loss
 from engine.models import load_policy, load_tokenizer, save_model

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data import DataFormatError, read_file
 from engine.data.access import DataPolicy, set_policy, url_allowed
+from engine.data.formats import DataFormatError
+from engine.data.sources import read_file
 from engine.events import EventWriter
 from engine.train import data_policy, run
 

@@ -2,17 +2,15 @@ import json
 
 import pytest
 
-from engine.data import (
+from engine.data.builtin import builtin_rows
+from engine.data.formats import (
     DataFormatError,
-    builtin_rows,
     detect_format,
     expect_format,
-    load_rows,
-    read_file,
-    resolve_upload,
+    split_implicit_prompt,
     validate_rows,
 )
-from engine.data.formats import split_implicit_prompt
+from engine.data.sources import load_rows, read_file, resolve_upload
 from engine.spec import DatasetSpec
 
 USER = [{"role": "user", "content": "hi"}]

@@ -1,14 +1,9 @@
 import pytest
 import torch
 
-from engine.data import (
-    collate_preferences,
-    collate_sft,
-    conversation_segments,
-    tokenize_preferences,
-    tokenize_sft,
-)
+from engine.data.collate import collate_preferences, collate_sft
 from engine.data.formats import DataFormatError
+from engine.data.tokenize import conversation_segments, tokenize_preferences, tokenize_sft
 
 
 def _targets(tok, ex):

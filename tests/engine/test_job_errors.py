@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from engine.data import DataFormatError
+from engine.data.formats import DataFormatError
 from engine.errors import NonFiniteLoss, classify, scrub
 from engine.events import EventWriter
 from engine.spec.base import SpecError
