@@ -13,7 +13,7 @@ saved with every checkpoint and restored on resume. Metrics `rewards/*`, `logps/
 
 Not supported: underlying-distribution matching (UDM), which needs an embedding model for the prompts;
 job specs cannot name one, so `prompt_sample_size`, `min_density_ratio` and `max_density_ratio` have no
-effect (as in TRL without `embedding_func`).
+effect (as in TRL without `embedding_func`); the dry run and the job's first events warn when one is set.
 """
 
 from __future__ import annotations
@@ -37,34 +37,14 @@ from engine.data.unpaired import UnpairedExample, UnpairedTokenBatch, collate_un
 from engine.losses import BCOLossConfig, BCOState, UnpairedBatch, UnpairedCounts, bco_loss
 from engine.models import load_policy, load_reference, load_tokenizer
 
-UDM_OPTIONS = ("embedding_func", "embedding_tokenizer")
-UDM_FIELDS = ("prompt_sample_size", "min_density_ratio", "max_density_ratio")
-
 
 @dataclass
 class BCOItem:
     batch: UnpairedTokenBatch  # on the device
 
 
-def check_udm(cfg: Any, ctx: TrainContext) -> None:
-    """Refuse a UDM embedding model (not supported); say that the UDM-only fields do nothing."""
-    asked = [name for name in UDM_OPTIONS if getattr(cfg, name, None) is not None]
-    if asked:
-        raise ValueError(
-            f"config.{asked[0]}: BCO's underlying-distribution matching (UDM) is not supported; "
-            f"remove {', '.join(asked)} to train plain BCO"
-        )
-    set_fields = [name for name in UDM_FIELDS if name in cfg.model_fields_set]
-    if set_fields:
-        ctx.events.log(
-            f"{', '.join(set_fields)} only matter for UDM, which is not supported: they have no effect",
-            "warning",
-        )
-
-
 def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
-    check_udm(cfg, ctx)
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_unpaired(spec, ctx, tokenizer)
     eval_examples = prepare_unpaired(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []

@@ -25,8 +25,8 @@ Teacher: `config.teacher_model_name_or_path`, any model reference the engine loa
 frozen, in eval mode, its forwards under inference mode. It must share the student's tokenizer (checked
 at start, before any training).
 
-Not supported: GOLD's cross-tokenizer ULD loss (`use_uld_loss`) and vLLM generation (`use_vllm`), both
-refused at start with an error naming the field; packing. Evaluation (`eval_dataset`) scores the dataset
+Not supported: GOLD's cross-tokenizer ULD loss (`use_uld_loss`), vLLM generation (`use_vllm`), packing and
+the other SFT options of `engine.spec.job.DISTILL_FIXED`, each refused at submission naming the field. Evaluation (`eval_dataset`) scores the dataset
 completions.
 """
 
@@ -318,26 +318,6 @@ def distill_micro_loss(
 # ------------------------------------------------------------------------------------------------ loop
 
 
-def _refuse_unsupported(spec: Any) -> None:
-    cfg = spec.config
-    if getattr(cfg, "use_uld_loss", False):
-        raise ValueError(
-            "config.use_uld_loss: cross-tokenizer distillation (ULD) is not supported by this engine yet; "
-            "use a teacher that shares the student's tokenizer and set use_uld_loss to false"
-        )
-    if getattr(cfg, "use_vllm", False):
-        raise ValueError(
-            f"config.use_vllm: {spec.algorithm} samples with transformers generate in this engine; "
-            "set use_vllm to false"
-        )
-    generations = getattr(cfg, "num_generations", 1)
-    if cfg.per_device_train_batch_size % generations:
-        raise ValueError(
-            f"config.num_generations={generations} must divide per_device_train_batch_size="
-            f"{cfg.per_device_train_batch_size}: each micro-batch holds whole groups of samples of a prompt"
-        )
-
-
 def sampling_params(cfg: Any, eos_ids: tuple[int, ...], pad_id: int) -> SamplingParams:
     """GKD samples with `max_new_tokens` and no top-k / top-p (TRL's GKD); GOLD with
     `max_completion_length`, `top_p` and `top_k`."""
@@ -363,10 +343,10 @@ def sampling_params(cfg: Any, eos_ids: tuple[int, ...], pad_id: int) -> Sampling
 def train(spec: Any, ctx: TrainContext) -> Path:
     """Run a GKD or GOLD job; returns DIR/final."""
     cfg = spec.config
-    _refuse_unsupported(spec)
     generations = getattr(cfg, "num_generations", 1)
-    if cfg.packing or cfg.padding_free:
-        ctx.events.log("packing/padding_free are not supported; using length-bucketed batches", "warning")
+    # refused at submission (engine.spec.job.DISTILL_FIXED): no ULD, no vLLM, whole groups per micro-batch
+    assert not getattr(cfg, "use_uld_loss", False) and not getattr(cfg, "use_vllm", False)
+    assert not (cfg.packing or cfg.padding_free) and cfg.per_device_train_batch_size % generations == 0
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_examples(spec, ctx, tokenizer)
     eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []

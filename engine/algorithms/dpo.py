@@ -119,19 +119,12 @@ def precompute_reference(
     return out
 
 
-def _check_options(cfg: Any, spec: Any) -> None:
-    if cfg.sync_ref_model and (cfg.reference_free or spec.peft_config is not None):
-        raise ValueError(
-            "config.sync_ref_model needs a separate reference model: it cannot be used with reference_free "
-            "or with peft_config (the LoRA reference is the frozen base)"
-        )
-    if cfg.sync_ref_model and cfg.precompute_ref_log_probs:
-        raise ValueError("config.sync_ref_model and config.precompute_ref_log_probs exclude each other")
-
-
 def train(spec: Any, ctx: TrainContext) -> Path:
     cfg = spec.config
-    _check_options(cfg, spec)
+    # refused at submission (engine.spec.unsupported): TR-DPO moves a separate, live reference model
+    assert not cfg.sync_ref_model or not (
+        cfg.reference_free or cfg.precompute_ref_log_probs or spec.peft_config
+    )
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     pairs = prepare_pairs(spec, ctx, tokenizer)
     eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []

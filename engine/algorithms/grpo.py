@@ -103,12 +103,8 @@ class Plan:
     def from_config(cls, cfg: Any, always_old_logps: bool = False) -> Plan:
         spg, ga, mu = cfg.effective_steps_per_generation, cfg.gradient_accumulation_steps, cfg.num_iterations
         completions = cfg.per_device_train_batch_size * spg
-        if completions % cfg.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size * steps_per_generation = {completions} completions per generation "
-                f"must be a multiple of num_generations={cfg.num_generations}: raise per_device_train_batch_size "
-                "or steps_per_generation, or lower num_generations"
-            )
+        # refused at submission (engine.spec.unsupported): the groups of a generation stay whole
+        assert completions % cfg.num_generations == 0, (completions, cfg.num_generations)
         is_correction = bool(cfg.use_vllm and cfg.vllm_importance_sampling_correction)
         return cls(
             num_generations=cfg.num_generations,
@@ -214,11 +210,8 @@ class GRPOTrainer:
             self.reference = load_reference(spec, self.model, ctx.device, ctx.dtype)
             if cast_head and not self.reference.adapter_disabled:
                 _cast_lm_head_to_fp32(self.reference.model)
-        if cfg.sync_ref_model and (self.reference is None or self.reference.adapter_disabled):
-            raise ValueError(
-                "config.sync_ref_model needs beta > 0 and full fine-tuning (with LoRA the reference is the "
-                "base model with the adapter disabled, which cannot be mixed)"
-            )
+        # refused at submission (engine.spec.unsupported): a moving reference needs beta > 0 and no LoRA
+        assert not cfg.sync_ref_model or (self.reference is not None and not self.reference.adapter_disabled)
 
         self.reward_funcs = build_reward_funcs(
             spec.reward_funcs,

@@ -24,7 +24,7 @@ from engine.presets import Preset, apply_preset
 from engine.spec import parse_job_spec, unsupported
 from engine.spec.base import BUILTIN_DATASET_ALGORITHMS, SpecError
 
-STAND_IN_MODEL = "tiny:llama"
+STAND_IN_MODEL = "tiny:llama-hd32"  # tiny:llama with heads vLLM can serve
 LOCAL_PREFIXES = ("tiny:", "bundled:", "/", "./", "../", "~")
 
 

@@ -93,8 +93,27 @@ class StrictModel(BaseModel):
 
 
 BUNDLED_MODELS = {"smollm2-135m-instruct"}
-# random weights built from a config, with a code-built tokenizer (tests)
-TINY_MODELS = {"llama", "llama-hd32"}
+# random weights built from a config, with a code-built tokenizer (tests, CPU demos): their Llama sizes
+TINY_ARCHS: dict[str, dict[str, int]] = {
+    "llama": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+    },
+    # The same size with 2 wider heads: vLLM's attention needs head_dim >= 32.
+    "llama-hd32": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+    },
+}
+TINY_MODELS = set(TINY_ARCHS)
 # Which algorithms each built-in set feeds (its format is known in advance, so a mismatch is a 422).
 BUILTIN_DATASET_ALGORITHMS = {
     "arithmetic": {"grpo", "gfpo", "papo", "minillm", "rloo"},

@@ -10,6 +10,7 @@ from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from engine.spec.base import (
     BUILTIN_DATASET_ALGORITHMS,
+    TINY_ARCHS,
     DatasetSpec,
     DistributedSpec,
     HardwareSpec,
@@ -73,7 +74,7 @@ class _JobBase(StrictModel):
         if (
             cfg is not None
             and getattr(cfg, "use_vllm", False)
-            and cfg.vllm_mode == "colocate"
+            and getattr(cfg, "vllm_mode", None) == "colocate"
             and self.hardware.accelerator != "gpu"
         ):
             raise SpecError(
@@ -292,6 +293,9 @@ def unsupported(spec: Any) -> SpecError | None:
     problem = _distributed_unsupported(spec)
     if problem is not None:
         return problem
+    problem = _options_unsupported(spec)
+    if problem is not None:
+        return problem
     if spec.algorithm in ONLINE_ALGORITHMS:
         cfg = spec.config
         completions = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
@@ -307,6 +311,97 @@ def unsupported(spec: Any) -> SpecError | None:
         return SpecError(
             "eval_dataset", f"evaluation is not available for {spec.algorithm!r} yet; remove eval_dataset"
         )
+    return None
+
+
+DISTILL_ALGORITHMS = frozenset({"gkd", "gold"})
+
+# Options a GKD/GOLD config inherits (from SFT, or TRL's GOLD) that the distillation loop does not honour:
+# field -> (the values it may take, why, and what to do).
+DISTILL_FIXED: dict[str, tuple[tuple[object, ...], str]] = {
+    "packing": (
+        (False,),
+        "distillation batches whole prompts by length and does not pack; set packing false",
+    ),
+    "padding_free": ((False,), "distillation batches with padding; set padding_free false"),
+    "bema": ((None,), "the weight EMA is kept by SFT only; remove config.bema"),
+    "loss_type": (("nll",), "the loss is the teacher-student divergence; remove config.loss_type"),
+    "completion_only_loss": (
+        (None, True),
+        "distillation always trains on the completion only; remove config.completion_only_loss",
+    ),
+    "assistant_only_loss": (
+        (False,),
+        "distillation trains on the last assistant turn only; set assistant_only_loss false",
+    ),
+    "use_uld_loss": (
+        (False,),
+        "cross-tokenizer distillation (ULD) is not supported by this engine yet; use a teacher that shares "
+        "the student's tokenizer and set use_uld_loss false",
+    ),
+    "use_vllm": (
+        (False,),
+        "distillation samples with transformers generate in this engine; set use_vllm false",
+    ),
+}
+
+# vLLM's attention kernels need heads of at least this many dimensions (tiny:llama has 16).
+VLLM_MIN_HEAD_DIM = 32
+
+
+def _options_unsupported(spec: Any) -> SpecError | None:
+    """Options of a valid config that the algorithm's loop cannot honour. Decided here, at submission; the
+    loops only assert them."""
+    cfg = spec.config
+    lora = spec.peft_config is not None
+    if getattr(cfg, "sync_ref_model", False):
+        if spec.algorithm == "dpo" and (cfg.reference_free or cfg.precompute_ref_log_probs or lora):
+            other = (
+                "reference_free"
+                if cfg.reference_free
+                else "precompute_ref_log_probs"
+                if cfg.precompute_ref_log_probs
+                else "peft_config (the LoRA reference is the frozen base)"
+            )
+            return SpecError(
+                "config.sync_ref_model",
+                f"sync_ref_model needs a separate reference model, which {other} does not have; "
+                "remove one of the two",
+            )
+        if spec.algorithm in ONLINE_ALGORITHMS and (cfg.beta == 0 or lora):
+            return SpecError(
+                "config.sync_ref_model",
+                "sync_ref_model needs a reference model to move: set beta > 0 and train without peft_config "
+                "(with LoRA the reference is the base model with the adapter disabled, which cannot be mixed)",
+            )
+    if spec.algorithm in DISTILL_ALGORITHMS:
+        for field, (allowed, why) in DISTILL_FIXED.items():
+            given = getattr(cfg, field, allowed[0])
+            if given not in allowed:
+                return SpecError(
+                    f"config.{field}", f"{field}={given!r} is not available for {spec.algorithm}: {why}"
+                )
+        generations = getattr(cfg, "num_generations", 1)
+        if cfg.per_device_train_batch_size % generations:
+            return SpecError(
+                "config.num_generations",
+                f"num_generations={generations} must divide per_device_train_batch_size="
+                f"{cfg.per_device_train_batch_size}: each micro-batch holds whole groups of samples of a prompt",
+            )
+    if getattr(cfg, "use_vllm", False) and spec.model.startswith("tiny:"):
+        arch = TINY_ARCHS[spec.model.removeprefix("tiny:")]
+        head_dim = arch["hidden_size"] // arch["num_attention_heads"]
+        if head_dim < VLLM_MIN_HEAD_DIM:
+            servable = sorted(
+                f"tiny:{n}"
+                for n, a in TINY_ARCHS.items()
+                if a["hidden_size"] // a["num_attention_heads"] >= VLLM_MIN_HEAD_DIM
+            )
+            return SpecError(
+                "model",
+                f"{spec.model} has attention heads of {head_dim} dimensions and vLLM needs at least "
+                f"{VLLM_MIN_HEAD_DIM}; use {' or '.join(servable)} (same size, wider heads) or set use_vllm false",
+            )
     return None
 
 

@@ -130,11 +130,51 @@ def _every_update_masked(spec: Any) -> Iterator[SpecWarning]:
     )
 
 
+# Fields a config accepts (TRL has them) that do nothing here, per algorithm: (fields, why).
+NO_EFFECT: dict[str, tuple[tuple[str, ...], str]] = {
+    "bco": (
+        ("prompt_sample_size", "min_density_ratio", "max_density_ratio"),
+        "only underlying-distribution matching (UDM) reads it, and UDM needs an embedding model a job cannot name",
+    ),
+    "gold": (
+        (
+            "use_extended_uld",
+            "uld_token_merge_strategy",
+            "uld_use_hybrid_loss",
+            "uld_hybrid_matched_weight",
+            "uld_hybrid_unmatched_weight",
+            "uld_crossentropy_weight",
+            "uld_distillation_weight",
+            "uld_student_temperature",
+            "uld_teacher_temperature",
+            "uld_skip_student_eos",
+            "uld_skip_teacher_eos",
+            "teacher_tokenizer_name_or_path",
+        ),
+        "only cross-tokenizer distillation (use_uld_loss) reads it, and that is not available",
+    ),
+}
+
+
+def _field_has_no_effect(spec: Any) -> Iterator[SpecWarning]:
+    fields, why = NO_EFFECT.get(spec.algorithm, ((), ""))
+    defaults = type(spec.config).model_fields
+    for name in fields:
+        value = getattr(spec.config, name)
+        if value != defaults[name].default:
+            yield SpecWarning(
+                code="field_has_no_effect",
+                message=f"{name}={value!r} has no effect: {why}; remove it",
+                param=f"config.{name}",
+            )
+
+
 RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _completions_truncated,
     _warmup_covers_training,
     _overlong_punishment_never_fires,
     _every_update_masked,
+    _field_has_no_effect,
 ]
 
 

@@ -336,7 +336,7 @@ def test_dry_run_counts_an_uploaded_files_rows(client, alice) -> None:
     [({"vllm_python": "/nonexistent/python"}, 422), ({"vllm_server_url": "http://127.0.0.1:9"}, 201)],
 )
 def test_use_vllm_needs_a_worker_with_vllm(settings, sent, alice, vllm, status) -> None:
-    body = {**GRPO_SPEC, "config": {"use_vllm": True, "vllm_mode": "server"}}
+    body = {**GRPO_SPEC, "model": "tiny:llama-hd32", "config": {"use_vllm": True, "vllm_mode": "server"}}
     deployment = settings.model_copy(update={"vllm_python": "/nonexistent/python", **vllm})
     with TestClient(create_app(deployment)) as c:
         res = c.post("/v1/jobs", json=body, headers=alice)

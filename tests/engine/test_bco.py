@@ -1,16 +1,13 @@
 """BCO on tiny:llama: the CLI run, the running reward mean (first step, checkpoints, evaluation leaves it
-alone), the UDM refusal, resume, and learning on the built-in unpaired feedback."""
+alone), resume, and learning on the built-in unpaired feedback."""
 
 import math
 import statistics
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from engine.algorithms.bco import check_udm
 from engine.algorithms.common import STATE_FILE
-from engine.spec.offline import BCOConfig
 from tests.engine.conftest import run_cli_checked, run_inprocess, tiny_spec
 from tests.engine.test_resume import _resume_matches
 
@@ -67,17 +64,6 @@ def test_evaluation_does_not_move_the_running_mean(tmp_path):
     plain = _saved_delta(tmp_path / "plain" / "checkpoints" / "checkpoint-3")
     with_eval = _saved_delta(tmp_path / "eval" / "checkpoints" / "checkpoint-3")
     assert plain != 0.0 and with_eval == pytest.approx(plain, rel=1e-9, abs=0)
-
-
-def test_udm_options_are_refused_and_udm_fields_warn():
-    logged = []
-    ctx = SimpleNamespace(events=SimpleNamespace(log=lambda msg, level="info": logged.append((level, msg))))
-    with pytest.raises(ValueError, match="UDM.*not supported"):
-        check_udm(SimpleNamespace(embedding_func="sentence-transformers/all-MiniLM-L6-v2"), ctx)
-    check_udm(BCOConfig(), ctx)
-    assert logged == []
-    check_udm(BCOConfig(max_density_ratio=5.0), ctx)
-    assert logged and logged[0][0] == "warning" and "max_density_ratio" in logged[0][1]
 
 
 @pytest.mark.slow

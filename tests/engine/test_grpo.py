@@ -20,7 +20,7 @@ from engine.algorithms import grpo as grpo_mod
 from engine.algorithms.common import StepMetrics, TrainContext
 from engine.algorithms.grpo import GRPOTrainer, Plan
 from engine.events import EventWriter
-from engine.spec import parse_job_spec
+from engine.spec import parse_job_spec, unsupported
 from engine.spec.names import GRPO_LOSS_TYPES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,10 +149,11 @@ def test_plan_follows_the_trl_batching_rules(batch, ga, spg, mu, prompts, needs_
     assert plan.needs_old_logps is needs_old
 
 
-def test_plan_rejects_a_generation_batch_that_splits_a_group():
-    cfg = parse_job_spec(job({"per_device_train_batch_size": 3, "num_generations": 2})).config
-    with pytest.raises(ValueError, match="multiple of num_generations"):
-        Plan.from_config(cfg)
+def test_plan_asserts_what_submission_refuses():
+    spec = parse_job_spec(job({"per_device_train_batch_size": 3, "num_generations": 2}))
+    assert unsupported(spec).field == "config.per_device_train_batch_size"
+    with pytest.raises(AssertionError):
+        Plan.from_config(spec.config)
 
 
 def test_generations_per_optimizer_step(tmp_path):

@@ -134,3 +134,25 @@ def test_overlong_punishment_that_can_never_fire_warns() -> None:
         }
     )
     assert "overlong_punishment_never_fires" not in _codes(derived)
+
+
+def test_fields_that_do_nothing_here_warn_naming_the_field() -> None:
+    bco = {"algorithm": "bco", "model": "tiny:llama", "dataset": {"builtin": "unpaired"}}
+    gold = {
+        "algorithm": "gold",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "chat"},
+        "config": {"teacher_model_name_or_path": "tiny:llama"},
+    }
+    assert spec_warnings(parse_job_spec(bco)) == []
+    assert spec_warnings(parse_job_spec(gold)) == []
+    (udm,) = spec_warnings(parse_job_spec({**bco, "config": {"max_density_ratio": 5.0}}))
+    assert (udm.code, udm.param) == ("field_has_no_effect", "config.max_density_ratio")
+    assert "UDM" in udm.message
+    (uld,) = spec_warnings(
+        parse_job_spec({**gold, "config": {**gold["config"], "uld_crossentropy_weight": 0.5}})
+    )
+    assert (uld.code, uld.param) == ("field_has_no_effect", "config.uld_crossentropy_weight")
+    # a resolved spec (every default written out) warns about nothing more
+    resolved = parse_job_spec(parse_job_spec(bco).model_dump(mode="json"))
+    assert spec_warnings(resolved) == []
