@@ -9,9 +9,11 @@ A model reference is one of:
                   `~/.cache/papertrain/models`) and loaded from there afterwards;
   - a local folder or a Hugging Face hub id (`from_pretrained`).
 
-Weights that train are kept in float32 and the loops run the forward under autocast to the compute dtype
-(bf16 weights would swallow DPO-sized updates of 1e-6); frozen weights (references, LoRA bases) are held
-directly in the compute dtype. This module does not build optimizers or move data.
+Weights that train are held in the dtype of the job's precision mode (`engine.spec.precision`): float32
+master weights for float32 and the autocast modes (the loops run the forward under autocast to the compute
+dtype), bf16 for `bf16-pure` (whose updates below bf16's resolution, e.g. DPO's at 1e-6, are lost: the
+price of half the memory). Frozen weights (references, teachers, LoRA bases) are held directly in the
+compute dtype. This module does not build optimizers or move data.
 """
 
 from __future__ import annotations
@@ -245,12 +247,16 @@ def load_policy(
     dtype: torch.dtype = torch.float32,
     cache_dir: Path | None = None,
 ) -> Any:
-    """The trainable model of a job: float32 trainable weights (see module doc); with `spec.peft_config` a
-    peft LoRA model whose frozen base is held in `dtype`. Honours `config.disable_dropout` and
-    `config.gradient_checkpointing`."""
+    """The trainable model of a job: trainable weights in the dtype of the spec's precision mode (float32,
+    or bf16 for bf16-pure; see module doc); with `spec.peft_config` a peft LoRA model whose frozen base is
+    held in `dtype` (the compute dtype). Honours `config.disable_dropout` and `config.gradient_checkpointing`."""
+    from engine.precision import weight_dtype
+    from engine.spec.precision import precision_of
+
     cfg = spec.config
     lora = spec.peft_config
-    model = load_model(spec.model, dtype=dtype if lora is not None else torch.float32, cache_dir=cache_dir)
+    trained = weight_dtype(precision_of(spec))
+    model = load_model(spec.model, dtype=dtype if lora is not None else trained, cache_dir=cache_dir)
     if getattr(cfg, "disable_dropout", False):
         disable_dropout(model)
     if getattr(cfg, "gradient_checkpointing", False):
@@ -260,6 +266,8 @@ def load_policy(
         if getattr(cfg, "gradient_checkpointing", False):
             model.enable_input_require_grads()
         model = add_lora(model, lora)  # adapters are cast to float32 by peft
+        if trained != torch.float32:
+            model.to(trained)
     return model.to(device)
 
 

@@ -125,8 +125,10 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
                 "hardware.accelerator is 'gpu' but CUDA is not available here; running on the CPU", "warning"
             )
         seed_everything(ctx.seed)
+        from engine.precision import describe
+
         events.log(
-            f"{spec.algorithm} job on {spec.model}: device={ctx.device.type} dtype={str(ctx.dtype)[6:]}"
+            f"{spec.algorithm} job on {spec.model}: device={ctx.device.type} {describe(ctx.precision)}"
             + (f" processes={procs.world}" if procs.active else "")
         )
         from engine.algorithms import get_algorithm

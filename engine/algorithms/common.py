@@ -53,7 +53,8 @@ def choose_device(spec: Any) -> torch.device:
 
 
 def choose_dtype(cfg: Any, device: torch.device) -> torch.dtype:
-    """The compute dtype: `bf16` None -> bfloat16 on CUDA, float32 on CPU; `fp16` -> float16."""
+    """The compute dtype of a config's TRL-style flags alone: `fp16` -> float16; `bf16` None -> bfloat16 on
+    CUDA, float32 on CPU. Jobs use their spec's precision mode (`TrainContext.for_spec`)."""
     if getattr(cfg, "fp16", False):
         return torch.float16
     bf16 = getattr(cfg, "bf16", None)
@@ -70,7 +71,8 @@ class TrainContext:
     out_dir: Path
     events: EventWriter = field(default_factory=NullEvents)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = torch.float32  # the compute dtype (of the forward and of frozen models)
+    precision: str | None = None  # the spec's precision mode (engine.spec.precision); None: from dtype
     stop: threading.Event = field(default_factory=threading.Event)
     seed: int = 42
     resume: bool = False
@@ -82,15 +84,25 @@ class TrainContext:
 
     @classmethod
     def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:
+        from engine.precision import compute_dtype
+        from engine.spec.precision import precision_of
+
         device = kw.pop("device", None) or choose_device(spec)
-        mixed = spec.distributed.mixed_precision if spec.distributed is not None else None
-        precision = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed or "")
-        dtype = kw.pop("dtype", None) or precision or choose_dtype(spec.config, device)
-        return cls(spec=spec, out_dir=Path(out_dir), device=device, dtype=dtype, seed=spec.config.seed, **kw)
+        mode = precision_of(spec)
+        return cls(
+            spec=spec,
+            out_dir=Path(out_dir),
+            device=device,
+            dtype=compute_dtype(mode),
+            precision=mode,
+            seed=spec.config.seed,
+            **kw,
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for the forward when the compute dtype is not float32 (weights stay float32)."""
-        if self.dtype == torch.float32:
+        """Autocast to the compute dtype for the forward of the autocast modes; nothing when the weights are
+        already in the compute dtype (float32, bf16-pure)."""
+        if self.dtype == torch.float32 or self.precision == "bf16-pure":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 

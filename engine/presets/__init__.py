@@ -98,6 +98,7 @@ _SCALE_KEYS = {
     "num_generations_eval",
     "learning_rate",
     "seed",
+    "precision",
     "bf16",
     "fp16",
     "gradient_checkpointing",

@@ -260,7 +260,16 @@ class TrainingArgs(StrictModel):
     save_steps: int = Field(500, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int | None = Field(2, ge=1)
     eval_steps: int | None = Field(None, ge=1)
-    bf16: bool | None = Field(None, description="None: bf16 on GPU, float32 on CPU")
+    precision: Literal["float32", "bf16-autocast", "bf16-pure", "fp16-autocast"] | None = Field(
+        None,
+        description="float32; bf16-autocast (float32 weights, bf16 forward: what bf16 true means); bf16-pure "
+        "(weights, gradients and optimizer states in bf16); fp16-autocast (float32 weights, fp16 forward, "
+        "loss scaling; GPU only). Unset: from distributed.mixed_precision, fp16, bf16; else bf16-autocast "
+        "on GPU, float32 on CPU",
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 autocast over float32 weights (precision 'bf16-autocast'); None: on GPU only"
+    )
     fp16: bool = False
     gradient_checkpointing: bool = False
     disable_dropout: bool = True

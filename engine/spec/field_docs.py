@@ -28,7 +28,7 @@ _TRAINING = {
     "seed": "random seed for initialisation, shuffling and sampling",
     "logging_steps": "log metrics every N optimizer steps (and at the last one)",
     "save_total_limit": "keep at most this many checkpoints (oldest removed first)",
-    "fp16": "train in float16 with loss scaling (GPU)",
+    "fp16": "float16 autocast over float32 weights with loss scaling, GPU only (precision 'fp16-autocast')",
     "gradient_checkpointing": "recompute activations in backward to save memory",
     "disable_dropout": "turn dropout off in the trained (and reference) model",
     "shuffle_dataset": "shuffle rows every epoch",

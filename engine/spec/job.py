@@ -38,6 +38,7 @@ from engine.spec.offline import (
     RewardConfig,
     SFTConfig,
 )
+from engine.spec.precision import check_precision, precision_of
 
 # Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
 # but are refused at submission with a clear message until their loops land.
@@ -91,8 +92,8 @@ class _JobBase(StrictModel):
                 "distributed.num_processes",
                 f"distributed.num_processes={self.distributed.num_processes} exceeds hardware.gpus={self.hardware.gpus}",
             )
-        if cfg is not None and getattr(cfg, "bf16", None) and getattr(cfg, "fp16", False):
-            raise SpecError("config.bf16", "config.bf16 and config.fp16 are mutually exclusive")
+        if cfg is not None:
+            check_precision(self)
         return self
 
 
@@ -479,5 +480,8 @@ def parse_job_spec(data: dict[str, Any]) -> Any:
 
 
 def resolve(spec: Any) -> dict[str, Any]:
-    """The fully expanded config the engine sees: every default written out (JSON-safe)."""
-    return spec.model_dump(mode="json")
+    """The fully expanded config the engine sees: every default written out (JSON-safe), the precision
+    mode included (`config.precision`, derived from the other settings when unset)."""
+    resolved = spec.model_dump(mode="json")
+    resolved["config"]["precision"] = precision_of(spec)
+    return resolved

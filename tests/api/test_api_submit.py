@@ -174,6 +174,16 @@ def test_job_level_cross_field_error(client, alice) -> None:
     assert _error(client.post("/v1/jobs", json=body, headers=alice))["param"] == "config.vllm_mode"
 
 
+def test_fp16_on_a_cpu_job_is_a_422_and_the_resolved_spec_names_the_precision(client, alice) -> None:
+    body = {**GRPO_SPEC, "config": {"fp16": True}}
+    err = _error(client.post("/v1/jobs", json=body, headers=alice))
+    assert err["param"] == "config.fp16" and "GPUs only" in err["message"]
+    body = {**GRPO_SPEC, "config": {"precision": "bf16-pure"}}
+    res = client.post("/v1/jobs", json=body, headers=alice)
+    assert res.status_code == 201, res.text
+    assert res.json()["spec_resolved"]["config"]["precision"] == "bf16-pure"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [({"model": "tiny:llama"}, "algorithm"), ({"algorithm": "ppo", "model": "tiny:llama"}, "algorithm")],

@@ -38,8 +38,9 @@ def test_minimal_job_resolves_every_default():
 def test_resolved_config_round_trips():
     spec = parse_job_spec(grpo(loss_type="grpo", beta=0.04, scale_rewards=True))
     again = parse_job_spec(resolve(spec))
-    assert again == spec
-    assert again.config.scale_rewards == "group"
+    assert resolve(again) == resolve(spec)
+    assert again.model_copy(update={"config": again.config.model_copy(update={"precision": None})}) == spec
+    assert again.config.scale_rewards == "group" and again.config.precision == "float32"
 
 
 def test_unknown_top_level_field_is_named():
