@@ -7,12 +7,11 @@
 
 A worker's row is refreshed every `heartbeat_interval_s` and deleted when it stops; a worker killed
 without stopping simply ages out (`worker_live_s`). Capabilities are what the worker finds on its machine
-(`detect_capabilities`): GPU count, and whether DeepSpeed and vLLM can be imported.
+(`worker.capabilities`): GPU count, and whether DeepSpeed and vLLM can be imported.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from datetime import timedelta
 from typing import Any
@@ -21,20 +20,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.models import WorkerRecord, utcnow
-
-
-def detect_capabilities() -> dict[str, Any]:
-    """What this machine offers: CUDA devices, and whether deepspeed / vllm are importable."""
-    gpus = 0
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return {
-        "gpus": gpus,
-        "deepspeed": importlib.util.find_spec("deepspeed") is not None,
-        "vllm": importlib.util.find_spec("vllm") is not None,
-    }
 
 
 def record_worker(

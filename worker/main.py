@@ -52,7 +52,8 @@ def worker_id() -> str:
 
 def _announce(session_factory: Any, queues: list[str], interval_s: float, stop: threading.Event) -> None:
     """Keep this worker's row in the live-worker registry fresh until stopped, then remove it."""
-    from core.workers import detect_capabilities, forget_worker, record_worker
+    from core.workers import forget_worker, record_worker
+    from worker.capabilities import detect_capabilities
 
     capabilities = detect_capabilities()
     while True:
