@@ -12,6 +12,10 @@ Position t of the K outputs scores `input_ids[:, T-K+t]` from the hidden state o
 causal shift), so K <= T-1. Position ids come from the attention mask (cumsum - 1), which makes left- and
 right-padded rows score exactly like unpadded ones. This module knows nothing about losses.
 
+Vision-language models: `vision` (pixel inputs such as `pixel_values`, for the images of the batch's rows in
+row order) makes the multimodal backbone (vision tower, projector, language model) produce the hidden
+states, so image tokens carry image features; the LM head and everything after it are unchanged.
+
 The pieces are public for loops that need more than log-probs from one decoder pass (distillation):
 `target_hidden` (the hidden states that score the selected targets), `output_logits` (the LM head on a
 chunk of them, float32) and `stats_from_hidden` (what `token_stats` computes, from those hidden states).
@@ -101,14 +105,25 @@ def hidden_states(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None = None,
+    vision: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Final-layer hidden states (B, T, H) after the final norm. Position ids derive from the mask unless
-    given; with `position_ids` and no mask, rows may hold several sequences (see `Packed`)."""
-    decoder, _, _ = _parts(model)
+    given; with `position_ids` and no mask, rows may hold several sequences (see `Packed`). `vision`: pixel
+    inputs of a vision-language model (see the module doc)."""
+    if vision:
+        from engine.multimodal.vlm import multimodal_backbone
+
+        decoder = multimodal_backbone(model)
+    else:
+        decoder, _, _ = _parts(model)
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = decoder(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        **(vision or {}),
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
@@ -119,6 +134,7 @@ def target_hidden(
     attention_mask: torch.Tensor,
     logits_to_keep: int,
     index: torch.Tensor | None = None,
+    vision: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (n, H), targets (n,)): the hidden states that score the last K tokens and those tokens,
     rows flattened, restricted to the flattened positions `index` of the (B, K) grid when given.
@@ -131,7 +147,7 @@ def target_hidden(
         raise ValueError(
             f"logits_to_keep must be in [1, T-1] = [1, {T - 1}] for sequences of length {T} (got {K})"
         )
-    hidden = hidden_states(model, input_ids, attention_mask)[:, T - K - 1 : T - 1]
+    hidden = hidden_states(model, input_ids, attention_mask, vision=vision)[:, T - K - 1 : T - 1]
     flat_h = hidden.reshape(B * K, -1)
     flat_t = input_ids[:, T - K :].reshape(B * K)
     if index is not None:
@@ -168,6 +184,7 @@ def token_stats(
     mask: torch.Tensor | None = None,
     index: torch.Tensor | None = None,
     packed: Packed | None = None,
+    vision: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token statistics (B, K) of the last K tokens: `logps`, and `entropies` / `log_sum_p2`
     (log sum_v p_v^2, detached; WPO weights) when asked for. See `token_logprobs`.
@@ -175,16 +192,18 @@ def token_stats(
     `index` (optional, long): the flattened positions `mask.reshape(-1).nonzero()`, built on the host by
     the collator; passing it avoids the device sync that `nonzero()` costs on a GPU. `packed`: the same
     batch without padding (`Packed`, needs `index`); the decoder then runs on it and the results land on
-    the same (B, K) grid."""
+    the same (B, K) grid. `vision`: pixel inputs of a vision-language model (not with `packed`)."""
     if index is None and mask is not None:
         index = mask.reshape(-1).nonzero().squeeze(-1)
     if packed is not None:
+        if vision:
+            raise ValueError("packed batches carry no images; run image batches padded")
         if index is None:
             raise ValueError("a packed batch needs the target index of its (B, K) grid")
         hidden = hidden_states(model, packed.input_ids, None, packed.position_ids)[0]
         hidden, targets = hidden.index_select(0, packed.source), packed.targets
     else:
-        hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index)
+        hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index, vision)
     return stats_from_hidden(
         model,
         hidden,
@@ -251,13 +270,14 @@ def token_logprobs(
     mask: torch.Tensor | None = None,
     index: torch.Tensor | None = None,
     packed: Packed | None = None,
+    vision: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, K) of the last K tokens of `input_ids` (B, T), and their entropies (B, K) or None.
 
     `temperature` divides the logits (same as sampling). `mask` (B, K), optional: positions where it is 0 are
     not computed and come back as 0 (saves the LM head on padding); `index` is the same selection as
     flattened positions, precomputed on the host (no device sync); `packed`: run the decoder on the batch
-    without padding (`Packed`). Float32 outputs.
+    without padding (`Packed`); `vision`: pixel inputs of a vision-language model. Float32 outputs.
     """
     out = token_stats(
         model,
@@ -270,6 +290,7 @@ def token_logprobs(
         mask=mask,
         index=index,
         packed=packed,
+        vision=vision,
     )
     return out["logps"], out.get("entropies")
 
@@ -280,9 +301,12 @@ def naive_token_logprobs(
     attention_mask: torch.Tensor,
     logits_to_keep: int,
     temperature: float = 1.0,
+    vision: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Reference implementation for tests: full logits, log_softmax, gather. Do not use in training."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **(vision or {})
+    ).logits
     logits = logits[:, -logits_to_keep - 1 : -1].float() / temperature
     return F.log_softmax(logits, -1).gather(-1, input_ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1)

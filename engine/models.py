@@ -144,6 +144,10 @@ def resolve_model_path(model_ref: str, cache_dir: Path | None = None) -> str:
 
 def load_tokenizer(model_ref: str, cache_dir: Path | None = None) -> Any:
     """The tokenizer for a model reference, with a pad token (EOS when the tokenizer has none)."""
+    from engine.multimodal.vlm import is_vision_model, load_processor
+
+    if is_vision_model(model_ref, cache_dir):
+        return load_processor(resolve_model_path(model_ref, cache_dir)).tokenizer
     if model_ref.startswith("tiny:"):
         _tiny_arch(model_ref)
         return build_tiny_tokenizer()
@@ -162,9 +166,8 @@ def load_tokenizer(model_ref: str, cache_dir: Path | None = None) -> Any:
 def _tiny_arch(model_ref: str) -> dict[str, int]:
     arch = model_ref.removeprefix("tiny:")
     if arch not in TINY_ARCHS:
-        raise ValueError(
-            f"unknown tiny model {model_ref!r}; known: {sorted('tiny:' + a for a in TINY_ARCHS)}"
-        )
+        known = sorted(["tiny:" + a for a in TINY_ARCHS] + ["tiny:vlm"])
+        raise ValueError(f"unknown tiny model {model_ref!r}; known: {known}")
     return TINY_ARCHS[arch]
 
 
@@ -192,8 +195,13 @@ def build_tiny_model(model_ref: str = "tiny:llama", seed: int = TINY_SEED) -> An
 
 
 def load_model(model_ref: str, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None) -> Any:
-    """A causal LM by reference, weights in `dtype`, on CPU, in train mode."""
-    if model_ref.startswith("tiny:"):
+    """A causal LM (or a vision-language model, `engine.multimodal.vlm`) by reference, weights in `dtype`,
+    on CPU, in train mode."""
+    from engine.multimodal.vlm import is_vision_model, load_vision_model
+
+    if is_vision_model(model_ref, cache_dir):
+        model = load_vision_model(resolve_model_path(model_ref, cache_dir), dtype)
+    elif model_ref.startswith("tiny:"):
         model = build_tiny_model(model_ref).to(dtype)
     else:
         from transformers import AutoModelForCausalLM
@@ -265,6 +273,12 @@ def load_policy(
     if lora is not None:
         if getattr(cfg, "gradient_checkpointing", False):
             model.enable_input_require_grads()
+        if hasattr(model, "get_image_features"):  # a VLM: adapt the language model only
+            from engine.multimodal.vlm import language_lora_targets
+
+            lora = lora.model_copy(
+                update={"target_modules": language_lora_targets(model, lora.target_modules)}
+            )
         model = add_lora(model, lora)  # adapters are cast to float32 by peft
         if trained != torch.float32:
             model.to(trained)

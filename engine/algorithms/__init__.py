@@ -20,6 +20,7 @@ ALGORITHM_MODULES = {
     "reward": "engine.algorithms.reward",
     "grpo": "engine.algorithms.grpo",
     "gfpo": "engine.algorithms.grpo",
+    "papo": "engine.algorithms.papo",
     "rloo": "engine.algorithms.rloo",
     "gkd": "engine.algorithms.distill",
     "gold": "engine.algorithms.distill",

@@ -68,6 +68,8 @@ from engine.losses import (
     vllm_is_metrics,
 )
 from engine.models import is_peft_model, load_policy, load_reference, load_tokenizer, save_model
+from engine.multimodal.job import vision_setup
+from engine.multimodal.thumbnails import sample_images
 from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
 from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
@@ -191,14 +193,24 @@ class GRPOTrainer:
         self.counters = Counters()
         seed_everything(ctx.seed)
 
-        _, self.rows = expect_format(load_rows(spec.dataset, ctx.uploads_dir), FORMATS, spec.algorithm)
+        raw_rows = load_rows(spec.dataset, ctx.uploads_dir)
+        # image prompts (engine.multimodal): canonical rows, the VLM's processor and a pixel-aware encoder
+        self.vision = vision_setup(spec, raw_rows, ctx.uploads_dir, ctx.cache_dir, FORMATS)
+        if self.vision is None:
+            _, self.rows = expect_format(raw_rows, FORMATS, spec.algorithm)
+            self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
+        else:
+            self.rows, self.tokenizer = self.vision.rows, self.vision.tokenizer
         rows = self.rows
-        self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
         self.eos_ids = _eos_ids(self.tokenizer)
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         )
-        self.encoder = PromptEncoder(self.tokenizer, cfg.max_prompt_length)
+        self.encoder = (
+            PromptEncoder(self.tokenizer, cfg.max_prompt_length)
+            if self.vision is None
+            else self.vision.encoder
+        )
         self.sampler = PromptSampler(len(rows), ctx.seed, shuffle=cfg.shuffle_dataset)
 
         self.model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
@@ -238,6 +250,7 @@ class GRPOTrainer:
             top_k=cfg.top_k,
             min_p=cfg.min_p,
             repetition_penalty=cfg.repetition_penalty,
+            suppress_token_ids=() if self.vision is None else self.vision.placeholder_ids,
         )
         self.backend = self._make_backend()
         self.weights_changed = self.backend.needs_first_sync
@@ -295,11 +308,13 @@ class GRPOTrainer:
         """Generate G completions for each prompt row and reward them (rewards are host-side)."""
         G = self.plan.num_generations
         prompt_ids = [self.encoder.row(i, self.rows[i]["prompt"]) for i in prompt_rows]
+        vision = None if self.vision is None else self.vision.encoder.vision_for(prompt_rows)
         if self.weights_changed:
             self.backend.sync_weights(self.model, version=self.ctx.step)
             self.weights_changed = False
         with self.ctx.timer("generation"), self.ctx.autocast():
-            out = self.backend.generate(prompt_ids, G, self.sampling)
+            extra = {} if vision is None else {"vision": vision}
+            out = self.backend.generate(prompt_ids, G, self.sampling, **extra)
         if out.policy_version is None:  # an in-process sampler is the policy itself
             out.policy_version = self.ctx.step
         self.counters.generations += 1
@@ -313,7 +328,8 @@ class GRPOTrainer:
             values = func(prompts=prompts, completions=texts, completion_ids=ids, **columns)
             per_func.append([math.nan if v is None else float(v) for v in values])
         rewards = torch.tensor(per_func, dtype=torch.float32).T.reshape(len(ids), len(self.reward_funcs))
-        return Sampled(out, ids, texts, prompts, rewards, out.is_truncated.tolist())
+        row_vision = None if vision is None else [v for v in vision for _ in range(G)]
+        return Sampled(out, ids, texts, prompts, rewards, out.is_truncated.tolist(), row_vision)
 
     def generate(self) -> ScoredRollout:
         """One scored generation batch, DAPO dynamic sampling and GFPO filtering included."""
@@ -395,6 +411,7 @@ class GRPOTrainer:
             ],
             sampling_logps=None if out.sampling_logps is None else out.sampling_logps.to(device),
             policy_version=self.ctx.step if out.policy_version is None else out.policy_version,
+            vision=part.vision,
         )
         self._fill_logps(rollout)
         if rollout.old_logps is not None and rollout.sampling_logps is not None:
@@ -418,8 +435,14 @@ class GRPOTrainer:
             **self._rollout_metrics(part.rewards, lengths, part.truncated),
             **objective_metrics,
         }
+        source = None if self.vision is None else self.vision.source
         rollout.samples = [
-            {"prompt": display_prompt(p), "completion": t, "reward": None if math.isnan(r) else r}
+            {
+                "prompt": display_prompt(p),
+                "completion": t,
+                "reward": None if math.isnan(r) else r,
+                **({} if source is None else sample_images(p, source)),
+            }
             for p, t, r in zip(part.prompts, part.texts, combined.tolist(), strict=True)
         ]
         return rollout
@@ -487,6 +510,7 @@ class GRPOTrainer:
             temperature=self.cfg.temperature,
             with_entropy=with_entropy,
             mask=mb.loss_mask,
+            vision=mb.vision,
         )
 
     # ---------------------------------------------------------------------------------------- batching
@@ -579,7 +603,19 @@ class GRPOTrainer:
         for name, value in out.metrics.items():
             if name != "policy/loss":
                 metrics.add_sum(name, value)
-        return out.loss
+        extra = self.auxiliary_loss(mb, logps, entropies, counts, metrics)
+        return out.loss if extra is None else out.loss + extra
+
+    def auxiliary_loss(
+        self,
+        mb: MicroBatch,
+        logps: torch.Tensor,
+        entropies: torch.Tensor | None,
+        counts: GlobalCounts,
+        metrics: StepMetrics,
+    ) -> torch.Tensor | None:
+        """A term added to the policy loss by a variant (PAPO's perception terms); None here."""
+        return None
 
     def train(self) -> Path:
         try:
@@ -592,7 +628,8 @@ class GRPOTrainer:
         micro_per_epoch = math.ceil(len(self.rows) / plan.prompts_per_generation) * plan.steps_per_generation
         total = total_optimizer_steps(cfg, micro_per_epoch * plan.num_iterations)
         reference = self.reference.model if self.reference is not None else None
-        stepper = OptimizerStep(ctx, self.model, self.tokenizer, total, reference=reference)
+        saved_with = self.tokenizer if self.vision is None else self.vision.processor  # processor: VLMs
+        stepper = OptimizerStep(ctx, self.model, saved_with, total, reference=reference)
         self._resume(stepper)
         ctx.events.log(
             f"{self.spec.algorithm}: {plan.prompts_per_generation} prompts x {plan.num_generations} "

@@ -7,6 +7,7 @@
                  answer, rude refusal).
     unpaired     the same pairs split into prompt/completion/label rows (KTO-style), shuffled.
     arithmetic   GRPO prompts with verifiable answers (`engine.data.arithmetic`).
+    shapes       image prompts: count the squares in a generated picture (`engine.multimodal.shapes`).
 
 Every set is a pure function of (num_rows, seed). Nothing is downloaded or cached.
 """
@@ -17,6 +18,7 @@ import random
 from collections.abc import Callable
 
 from engine.data.arithmetic import arithmetic_rows
+from engine.multimodal.shapes import shapes_rows
 from engine.spec.base import BUILTIN_DEFAULT_ROWS as DEFAULT_NUM_ROWS
 
 WORDS = [
@@ -161,6 +163,7 @@ BUILTINS: dict[str, Callable[..., list[dict]]] = {
     "preferences": preference_rows,
     "unpaired": unpaired_rows,
     "arithmetic": arithmetic_rows,
+    "shapes": shapes_rows,
 }
 
 

@@ -25,6 +25,8 @@ from engine.spec import parse_job_spec, unsupported
 from engine.spec.base import BUILTIN_DATASET_ALGORITHMS, SpecError
 
 STAND_IN_MODEL = "tiny:llama-hd32"  # tiny:llama with heads vLLM can serve
+STAND_IN_VISION_MODEL = "tiny:vlm"  # for methods that train vision-language models only
+VISION_ALGORITHMS = frozenset({"papo"})
 LOCAL_PREFIXES = ("tiny:", "bundled:", "/", "./", "../", "~")
 
 
@@ -77,7 +79,8 @@ def capability_problem(
 
 def _request(preset: Preset, change: dict[str, Any]) -> dict[str, Any]:
     fits = [name for name, algos in BUILTIN_DATASET_ALGORITHMS.items() if preset.algorithm in algos]
-    return _merge({"model": STAND_IN_MODEL, "dataset": {"builtin": fits[0]}}, change)
+    model = STAND_IN_VISION_MODEL if preset.algorithm in VISION_ALGORITHMS else STAND_IN_MODEL
+    return _merge({"model": model, "dataset": {"builtin": fits[0]}}, change)
 
 
 def _problem(preset: Preset, change: dict[str, Any], caps: WorkerCapabilities) -> SpecError | None:

@@ -28,6 +28,7 @@ class SamplingParams:
     min_p: float | None = None
     repetition_penalty: float = 1.0
     return_logps: bool = False  # also return the sampling distribution's log-probs of the sampled tokens
+    suppress_token_ids: tuple[int, ...] = ()  # never sampled (a VLM's image placeholder tokens)
 
     def __post_init__(self) -> None:
         if not self.eos_token_ids:

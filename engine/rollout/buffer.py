@@ -5,6 +5,9 @@ The GRPO loop fills one `ScoredRollout` per generation (completions, loss mask, 
 reference / sampling log-probs) and trains on row subsets of it. Row lengths are kept on the host, so cutting
 a micro-batch and trimming it to its longest prompt and completion needs no device->host sync. Rows are
 grouped by prompt (`num_generations` consecutive rows) until the loop shuffles them into slices.
+
+Image prompts: `vision` holds each row's pixel inputs (a dict of tensors, shared by the G rows of a prompt,
+or None for a row without images); a micro-batch concatenates those of its rows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class MicroBatch:
     old_logps: Tensor | None = None  # (b, C)
     ref_logps: Tensor | None = None  # (b, C)
     sampling_logps: Tensor | None = None  # (b, C)
+    vision: dict[str, Tensor] | None = None  # pixel inputs of the rows' images, in row order
 
     @property
     def num_rows(self) -> int:
@@ -50,6 +54,7 @@ class ScoredRollout:
     old_logps: Tensor | None = None  # (N, C)
     ref_logps: Tensor | None = None  # (N, C)
     policy_version: int = 0  # the optimizer step whose weights sampled these rows
+    vision: list[dict[str, Tensor] | None] | None = None  # per row: pixel inputs of its prompt's images
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -80,6 +85,9 @@ class ScoredRollout:
             old_logps=cut(self.old_logps),
             ref_logps=cut(self.ref_logps),
             sampling_logps=cut(self.sampling_logps),
+            vision=None
+            if self.vision is None
+            else _vision([self.vision[i] for i in rows], self.prompt_ids.device),
         )
 
     def total_length(self, row: int) -> int:
@@ -113,6 +121,7 @@ class Sampled:
     prompts: list[Any]  # the dataset prompt of each row
     rewards: Tensor  # (N, K)
     truncated: list[bool]
+    vision: list[dict[str, Tensor] | None] | None = None  # per row (see ScoredRollout)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,6 +146,7 @@ class Sampled:
             prompts=[self.prompts[r] for r in rows],
             rewards=self.rewards.index_select(0, index),
             truncated=[self.truncated[r] for r in rows],
+            vision=None if self.vision is None else [self.vision[r] for r in rows],
         )
 
     @staticmethod
@@ -166,7 +176,15 @@ class Sampled:
             prompts=[x for p in parts for x in p.prompts],
             rewards=torch.cat([p.rewards for p in parts]),
             truncated=[x for p in parts for x in p.truncated],
+            vision=None if any(p.vision is None for p in parts) else [x for p in parts for x in p.vision],  # type: ignore[union-attr]
         )
+
+
+def _vision(items: list[dict[str, Tensor] | None], device: torch.device) -> dict[str, Tensor] | None:
+    from engine.multimodal.prompts import concat_vision
+
+    batch = concat_vision(items)
+    return None if batch is None else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _oldest(versions: list[int | None]) -> int | None:

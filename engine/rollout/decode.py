@@ -9,7 +9,11 @@
   forward, so a token's log-prob here equals the training forward's for the same weights.
 - Rows that ended (EOS) stop costing: the loop ends when every row has ended, and when at most
   `COMPACT_AT` of the rows in the batch are still running, the finished ones are dropped from the batch.
-- Tokens are drawn by `engine.rollout.sampling.sample_next` (exact draws from the processed distribution).
+- Tokens are drawn by `engine.rollout.sampling.sample_next` (exact draws from the processed distribution);
+  `params.suppress_token_ids` (a VLM's image placeholders) are removed from it first.
+
+Vision-language models: `prefill_inputs` (pixel inputs of the B prompts, e.g. `pixel_values`) go to the
+prefill forward only; the image features then live in the cache like any prompt token.
 
 Returns completion ids (N, max_new_tokens) padded with `pad_token_id` after each row's first EOS, and the
 log-probs of the drawn tokens under the processed (sampling) distribution, 0 on padding.
@@ -45,6 +49,7 @@ def decode(
     prompt_mask: torch.Tensor,
     num_generations: int,
     params: SamplingParams,
+    prefill_inputs: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from transformers import StaticCache
 
@@ -65,6 +70,7 @@ def decode(
         use_cache=True,
         logits_to_keep=1,
         **{name: cache},
+        **(prefill_inputs or {}),
     )
     expand = torch.arange(B, device=device).repeat_interleave(G)
     cache.reorder_cache(expand)
@@ -83,7 +89,10 @@ def decode(
     logps_out = torch.zeros((N, C), dtype=torch.float32, device=device)
     rows = torch.arange(N, device=device)  # batch row -> output row
     running = torch.ones(N, dtype=torch.bool, device=device)
+    suppress = torch.as_tensor(list(params.suppress_token_ids), dtype=torch.long, device=device)
     for t in range(C):
+        if suppress.numel():
+            logits = logits.index_fill(-1, suppress, float("-inf"))
         tokens, logps = sample_next(logits, params, seen)
         live = rows[running]
         tokens_out[live, t] = tokens[running]

@@ -81,5 +81,12 @@ def display_prompt(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
-        return str(prompt[-1].get("content", ""))
+        content = prompt[-1].get("content", "")
+        if isinstance(content, list):  # parts of an image prompt: text kept, images marked
+            return "".join(
+                "[image] " if isinstance(p, dict) and p.get("type") == "image" else str(p.get("text", ""))
+                for p in content
+                if isinstance(p, dict)
+            )
+        return str(content)
     return str(prompt)

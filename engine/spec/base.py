@@ -113,10 +113,11 @@ TINY_ARCHS: dict[str, dict[str, int]] = {
         "max_position_embeddings": 2048,
     },
 }
-TINY_MODELS = set(TINY_ARCHS)
+TINY_MODELS = set(TINY_ARCHS) | {"vlm"}  # tiny:vlm: engine.multimodal.vlm
 # Which algorithms each built-in set feeds (its format is known in advance, so a mismatch is a 422).
 BUILTIN_DATASET_ALGORITHMS = {
-    "arithmetic": {"grpo", "gfpo", "papo", "minillm", "rloo"},
+    "arithmetic": {"grpo", "gfpo", "minillm", "rloo"},
+    "shapes": {"grpo", "gfpo", "papo", "rloo"},  # image prompts: needs a vision-language model
     "chat": {"sft", "gkd", "gold"},
     "preferences": {"dpo", "cpo", "reward", "kto", "bco"},
     "unpaired": {"kto", "bco"},

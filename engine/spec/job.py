@@ -43,8 +43,11 @@ from engine.spec.precision import check_precision, precision_of
 # Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
 # but are refused at submission with a clear message until their loops land.
 RUNNABLE_ALGORITHMS = frozenset(
-    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "rloo", "gkd", "gold", "minillm"}
+    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "papo", "rloo", "gkd", "gold", "minillm"}
 )
+# Model references known to be text-only (image jobs need a vision-language model such as tiny:vlm).
+TEXT_ONLY_MODEL_PREFIXES = ("tiny:llama", "bundled:")
+IMAGE_BUILTINS = frozenset({"shapes"})
 
 
 class _JobBase(StrictModel):
@@ -291,7 +294,7 @@ def unsupported(spec: Any) -> SpecError | None:
             f"algorithm {spec.algorithm!r} validates but cannot be trained yet; "
             f"runnable now: {sorted(RUNNABLE_ALGORITHMS)}",
         )
-    problem = _distributed_unsupported(spec)
+    problem = _distributed_unsupported(spec) or _multimodal_unsupported(spec)
     if problem is not None:
         return problem
     problem = _options_unsupported(spec)
@@ -389,7 +392,7 @@ def _options_unsupported(spec: Any) -> SpecError | None:
                 f"num_generations={generations} must divide per_device_train_batch_size="
                 f"{cfg.per_device_train_batch_size}: each micro-batch holds whole groups of samples of a prompt",
             )
-    if getattr(cfg, "use_vllm", False) and spec.model.startswith("tiny:"):
+    if getattr(cfg, "use_vllm", False) and spec.model.startswith("tiny:") and spec.model[5:] in TINY_ARCHS:
         arch = TINY_ARCHS[spec.model.removeprefix("tiny:")]
         head_dim = arch["hidden_size"] // arch["num_attention_heads"]
         if head_dim < VLLM_MIN_HEAD_DIM:
@@ -403,6 +406,35 @@ def _options_unsupported(spec: Any) -> SpecError | None:
                 f"{spec.model} has attention heads of {head_dim} dimensions and vLLM needs at least "
                 f"{VLLM_MIN_HEAD_DIM}; use {' or '.join(servable)} (same size, wider heads) or set use_vllm false",
             )
+    return None
+
+
+def _multimodal_unsupported(spec: Any) -> SpecError | None:
+    """Image jobs (PAPO, or a built-in image set) need a vision-language model and transformers sampling."""
+    images = (
+        spec.algorithm == "papo"
+        or spec.model == "tiny:vlm"
+        or (spec.dataset is not None and spec.dataset.builtin in IMAGE_BUILTINS)
+    )
+    if not images:
+        return None
+    what = (
+        "PAPO"
+        if spec.algorithm == "papo"
+        else f"the built-in {spec.dataset.builtin!r} set"
+        if spec.dataset is not None and spec.dataset.builtin in IMAGE_BUILTINS
+        else spec.model
+    )
+    if spec.model.startswith(TEXT_ONLY_MODEL_PREFIXES):
+        return SpecError(
+            "model",
+            f"{what} needs a vision-language model, and {spec.model!r} reads text only; use 'tiny:vlm' or an "
+            "image-text-to-text model (a local folder or hub id)",
+        )
+    if getattr(spec.config, "use_vllm", False):
+        return SpecError(
+            "config.use_vllm", f"{what} samples with transformers (image prompts); remove use_vllm"
+        )
     return None
 
 

@@ -178,7 +178,9 @@ def test_unsupported_names_what_the_engine_cannot_do_yet():
         {**CHAT, "algorithm": "sft", "distributed": zero, "hardware": {"accelerator": "gpu", "gpus": 2}}
     )
     assert unsupported(spec) is None  # ZeRO-3 over 2 processes trains
-    assert unsupported(parse_job_spec({**BASE, "algorithm": "papo"})).field == "algorithm"
+    papo = {"algorithm": "papo", "dataset": {"builtin": "shapes"}}
+    assert unsupported(parse_job_spec({**papo, "model": "tiny:vlm"})) is None
+    assert unsupported(parse_job_spec({**papo, "model": "tiny:llama"})).field == "model"  # text-only model
 
 
 @pytest.mark.parametrize("teacher", ["teacher-model", "Teacher_Model", "<teacher>", "path/to/model"])
