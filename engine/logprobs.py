@@ -42,6 +42,18 @@ def _parts(model: Any) -> tuple[Any, Any, Any]:
     return base.get_decoder(), base.get_output_embeddings(), base.config
 
 
+def _multimodal_backbone(model: Any) -> Any:
+    """The part of a vision-language model that turns (ids, pixel inputs) into final hidden states (vision
+    tower, projector, language model; transformers names it `.model`)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, "model", None)
+    if backbone is None or not hasattr(base, "get_image_features"):
+        raise ValueError(f"{type(base).__name__} is not a vision-language model; pixel inputs need one")
+    return backbone
+
+
 def _head_logits(head: Any, config: Any, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = head(hidden).float()
     scale = getattr(config, "logit_scale", None)
@@ -111,9 +123,7 @@ def hidden_states(
     given; with `position_ids` and no mask, rows may hold several sequences (see `Packed`). `vision`: pixel
     inputs of a vision-language model (see the module doc)."""
     if vision:
-        from engine.multimodal.vlm import multimodal_backbone
-
-        decoder = multimodal_backbone(model)
+        decoder = _multimodal_backbone(model)
     else:
         decoder, _, _ = _parts(model)
     if position_ids is None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from engine.multimodal import vlm
+from engine.multimodal.vlm import TINY_VLM, is_vision_model
 from engine.spec.base import TINY_ARCHS
 
 TINY_SPECIAL_TOKENS = ("<pad>", "<unk>", "<|im_start|>", "<|im_end|>")
@@ -135,6 +137,12 @@ def ensure_bundled(model_ref: str, cache_dir: Path | None = None) -> Path:
     return target
 
 
+def load_processor(model_ref: str, cache_dir: Path | None = None) -> Any:
+    """The processor (image processor + tokenizer) of a vision-language model reference."""
+    tiny = build_tiny_tokenizer() if model_ref == TINY_VLM else None
+    return vlm.load_processor(resolve_model_path(model_ref, cache_dir), tiny)
+
+
 def resolve_model_path(model_ref: str, cache_dir: Path | None = None) -> str:
     """What `from_pretrained` gets for a non-tiny reference."""
     if model_ref.startswith("bundled:"):
@@ -144,10 +152,8 @@ def resolve_model_path(model_ref: str, cache_dir: Path | None = None) -> str:
 
 def load_tokenizer(model_ref: str, cache_dir: Path | None = None) -> Any:
     """The tokenizer for a model reference, with a pad token (EOS when the tokenizer has none)."""
-    from engine.multimodal.vlm import is_vision_model, load_processor
-
     if is_vision_model(model_ref, cache_dir):
-        return load_processor(resolve_model_path(model_ref, cache_dir)).tokenizer
+        return load_processor(model_ref, cache_dir).tokenizer
     if model_ref.startswith("tiny:"):
         _tiny_arch(model_ref)
         return build_tiny_tokenizer()
@@ -197,10 +203,9 @@ def build_tiny_model(model_ref: str = "tiny:llama", seed: int = TINY_SEED) -> An
 def load_model(model_ref: str, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None) -> Any:
     """A causal LM (or a vision-language model, `engine.multimodal.vlm`) by reference, weights in `dtype`,
     on CPU, in train mode."""
-    from engine.multimodal.vlm import is_vision_model, load_vision_model
-
     if is_vision_model(model_ref, cache_dir):
-        model = load_vision_model(resolve_model_path(model_ref, cache_dir), dtype)
+        tiny = build_tiny_tokenizer() if model_ref == TINY_VLM else None
+        model = vlm.load_vision_model(resolve_model_path(model_ref, cache_dir), dtype, tiny)
     elif model_ref.startswith("tiny:"):
         model = build_tiny_model(model_ref).to(dtype)
     else:
@@ -274,10 +279,8 @@ def load_policy(
         if getattr(cfg, "gradient_checkpointing", False):
             model.enable_input_require_grads()
         if hasattr(model, "get_image_features"):  # a VLM: adapt the language model only
-            from engine.multimodal.vlm import language_lora_targets
-
             lora = lora.model_copy(
-                update={"target_modules": language_lora_targets(model, lora.target_modules)}
+                update={"target_modules": vlm.language_lora_targets(model, lora.target_modules)}
             )
         model = add_lora(model, lora)  # adapters are cast to float32 by peft
         if trained != torch.float32:

@@ -67,7 +67,15 @@ from engine.losses import (
     policy_loss,
     vllm_is_metrics,
 )
-from engine.models import is_peft_model, load_policy, load_reference, load_tokenizer, save_model
+from engine.models import (
+    is_peft_model,
+    is_vision_model,
+    load_policy,
+    load_processor,
+    load_reference,
+    load_tokenizer,
+    save_model,
+)
 from engine.multimodal.job import vision_setup
 from engine.multimodal.thumbnails import sample_images
 from engine.rewards import RewardContext, build_reward_funcs
@@ -195,7 +203,14 @@ class GRPOTrainer:
 
         raw_rows = load_rows(spec.dataset, ctx.uploads_dir)
         # image prompts (engine.multimodal): canonical rows, the VLM's processor and a pixel-aware encoder
-        self.vision = vision_setup(spec, raw_rows, ctx.uploads_dir, ctx.cache_dir, FORMATS)
+        self.vision = vision_setup(
+            spec,
+            raw_rows,
+            ctx.uploads_dir,
+            FORMATS,
+            vlm=is_vision_model(spec.model, ctx.cache_dir),
+            load_processor=lambda: load_processor(spec.model, ctx.cache_dir),
+        )
         if self.vision is None:
             _, self.rows = expect_format(raw_rows, FORMATS, spec.algorithm)
             self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)

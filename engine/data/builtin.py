@@ -7,7 +7,7 @@
                  answer, rude refusal).
     unpaired     the same pairs split into prompt/completion/label rows (KTO-style), shuffled.
     arithmetic   GRPO prompts with verifiable answers (`engine.data.arithmetic`).
-    shapes       image prompts: count the squares in a generated picture (`engine.multimodal.shapes`).
+    shapes       image prompts: count the squares in a generated picture (`engine.data.shapes`).
 
 Every set is a pure function of (num_rows, seed). Nothing is downloaded or cached.
 """
@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 
 from engine.data.arithmetic import arithmetic_rows
-from engine.multimodal.shapes import shapes_rows
+from engine.data.shapes import shapes_rows
 from engine.spec.base import BUILTIN_DEFAULT_ROWS as DEFAULT_NUM_ROWS
 
 WORDS = [

@@ -8,13 +8,13 @@ text-only model, vLLM sampling with images, and PAPO without images are refused 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.multimodal.images import ImageSource
 from engine.multimodal.prompts import VisionPromptEncoder, has_images, image_rows, image_source
-from engine.multimodal.vlm import is_vision_model, load_processor
 
 
 def placeholder_token_ids(processor: Any) -> tuple[int, ...]:
@@ -48,10 +48,11 @@ def vision_setup(
     spec: Any,
     rows: list[dict[str, Any]],
     uploads_dir: str | Path | None,
-    cache_dir: Path | None,
     formats: tuple[str, ...],
+    vlm: bool,
+    load_processor: Callable[[], Any],
 ) -> VisionSetup | None:
-    vlm = is_vision_model(spec.model, cache_dir)
+    """`vlm`: whether the job's model is a vision-language model; `load_processor()` loads its processor."""
     images = has_images(rows)
     if spec.algorithm == "papo" and not (vlm and images):
         raise ValueError(
@@ -71,10 +72,8 @@ def vision_setup(
         )
     if getattr(spec.config, "use_vllm", False):
         raise ValueError("config.use_vllm: image prompts are sampled with transformers; remove use_vllm")
-    from engine.models import resolve_model_path
-
     source = image_source(spec.dataset, uploads_dir)
     canonical = image_rows(rows, source, formats)
-    processor = load_processor(resolve_model_path(spec.model, cache_dir))
+    processor = load_processor()
     encoder = VisionPromptEncoder(processor, spec.config.max_prompt_length, source)
     return VisionSetup(canonical, processor, encoder, source)

@@ -4,6 +4,8 @@
     processor = load_processor(ref)      # image processor + tokenizer + chat template with image slots
     model = load_vision_model(ref)       # AutoModelForImageTextToText (tiny:vlm: a random LLaVA)
 
+Use them through `engine.models` (`load_processor`, `load_model`), which supplies the tiny text tokenizer.
+
 `tiny:vlm` is a randomly initialised LLaVA: a 1-layer CLIP vision tower on 32x32 images in 8x8 patches (16
 image tokens per image), a 2-layer projector and the `tiny:llama` language model, with the character
 tokenizer of `tiny:llama` plus an `<image>` token. No download, deterministic, CPU-fast.
@@ -40,16 +42,15 @@ VLM_CHAT_TEMPLATE = (
 MROPE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe")
 
 
-def build_tiny_vlm_tokenizer() -> Any:
-    from engine.models import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
+def build_tiny_vlm_tokenizer(tok: Any) -> Any:
+    """The tiny text tokenizer (`engine.models.build_tiny_tokenizer()`, passed in) with an image token and
+    the image-slot chat template."""
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", IMAGE_TOKEN]})
     tok.chat_template = VLM_CHAT_TEMPLATE
     return tok
 
 
-def build_tiny_vlm_processor() -> Any:
+def build_tiny_vlm_processor(text_tokenizer: Any) -> Any:
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -59,7 +60,7 @@ def build_tiny_vlm_processor() -> Any:
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=build_tiny_vlm_tokenizer(),
+        tokenizer=build_tiny_vlm_tokenizer(text_tokenizer),
         patch_size=TINY_PATCH,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
@@ -68,13 +69,13 @@ def build_tiny_vlm_processor() -> Any:
     )
 
 
-def build_tiny_vlm(seed: int = 1234) -> Any:
+def build_tiny_vlm(text_tokenizer: Any, seed: int = 1234) -> Any:
     """A random LlavaForConditionalGeneration sized for the tiny VLM tokenizer; the global RNG is untouched."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from engine.models import TINY_ARCHS
+    from engine.spec.base import TINY_ARCHS
 
-    tok = build_tiny_vlm_tokenizer()
+    tok = build_tiny_vlm_tokenizer(text_tokenizer)
     text = LlamaConfig(
         vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
@@ -141,10 +142,11 @@ def check_supported(model: Any) -> None:
         )
 
 
-def load_processor(model_ref: str, cache_dir: Path | None = None) -> Any:
-    """The processor of a VLM (its tokenizer gets a pad token and right padding, as text models)."""
+def load_processor(model_ref: str, text_tokenizer: Any = None) -> Any:
+    """The processor of a VLM (its tokenizer gets a pad token and right padding, as text models);
+    `tiny:vlm` needs the tiny text tokenizer."""
     if model_ref == TINY_VLM:
-        processor = build_tiny_vlm_processor()
+        processor = build_tiny_vlm_processor(text_tokenizer)
     else:
         from transformers import AutoProcessor
 
@@ -158,9 +160,9 @@ def load_processor(model_ref: str, cache_dir: Path | None = None) -> Any:
     return processor
 
 
-def load_vision_model(model_ref: str, dtype: torch.dtype = torch.float32) -> Any:
+def load_vision_model(model_ref: str, dtype: torch.dtype = torch.float32, text_tokenizer: Any = None) -> Any:
     if model_ref == TINY_VLM:
-        model = build_tiny_vlm().to(dtype)
+        model = build_tiny_vlm(text_tokenizer).to(dtype)
     else:
         from transformers import AutoModelForImageTextToText
 
@@ -196,14 +198,3 @@ def language_lora_targets(model: Any, target_modules: list[str] | str | None) ->
     else:
         names = list(target_modules or ["q_proj", "v_proj"])
     return rf"^{prefix}\..*\.({'|'.join(re.escape(n) for n in names)})$"
-
-
-def multimodal_backbone(model: Any) -> Any:
-    """The part of a VLM that turns (ids, pixel inputs) into final hidden states (before the LM head)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(base, "model", None)
-    if backbone is None:
-        raise ValueError(f"{type(base).__name__} has no multimodal backbone (.model)")
-    return backbone

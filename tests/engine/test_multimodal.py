@@ -12,12 +12,12 @@ import torch
 
 from engine.data.access import DataPolicy, policy, set_policy
 from engine.data.formats import DataFormatError
+from engine.data.shapes import COLOURS, QUESTION, shapes_rows
 from engine.logprobs import naive_token_logprobs, token_logprobs
-from engine.models import load_model, load_tokenizer
+from engine.models import load_model, load_processor, load_tokenizer
 from engine.multimodal.images import MAX_IMAGES_PER_ROW, ImageSource, decode_image, to_data_uri
 from engine.multimodal.prompts import VisionPromptEncoder, image_rows, prompt_images
-from engine.multimodal.shapes import COLOURS, QUESTION, shapes_rows
-from engine.multimodal.vlm import IMAGE_TOKEN, language_lora_targets, load_processor
+from engine.multimodal.vlm import IMAGE_TOKEN, language_lora_targets
 
 
 def png(colour=(255, 0, 0), size=(40, 30)) -> str:

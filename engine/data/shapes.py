@@ -11,9 +11,9 @@ it. Rows are a pure function of `(num_rows, seed, max_count)`; images are inline
 
 from __future__ import annotations
 
+import base64
+import io
 import random
-
-from engine.multimodal.images import to_data_uri
 
 QUESTION = "How many squares are in the picture? Answer with the number only."
 SIZE = 64
@@ -34,6 +34,12 @@ def shapes_image(count: int, rng: random.Random) -> object:
         y0 = (cell // 2) * CELL + rng.randint(1, CELL - side - 1)
         draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=colour)
     return img
+
+
+def to_data_uri(image: object) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # type: ignore[attr-defined]
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def shapes_rows(num_rows: int = 1000, seed: int = 0, *, max_count: int = 3) -> list[dict]:
