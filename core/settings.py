@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         description="comma-separated folders a job's dataset.path may point into; empty: no dataset.path "
         "at all (jobs read built-in sets and their owner's uploads)",
     )
+    model_roots: str = Field(
+        default="",
+        description="comma-separated folders a local model path (model, teacher, reward model) may point into, "
+        "besides the data roots, the model cache and the submitter's own job outputs",
+    )
+    model_cache: Path = Field(
+        default=Path.home() / ".cache" / "papertrain" / "models",
+        description="where bundled models are converted once and kept",
+    )
     http_reward_urls: str = Field(
         default="",
         description="comma-separated URL prefixes an `http` reward may call; empty: http rewards are off",
@@ -121,6 +130,15 @@ class Settings(BaseSettings):
         return [Path(r.strip()).expanduser().resolve() for r in self.data_roots.split(",") if r.strip()]
 
     @property
+    def model_root_paths(self) -> list[Path]:
+        return [Path(r.strip()).expanduser().resolve() for r in self.model_roots.split(",") if r.strip()]
+
+    @property
+    def model_folders(self) -> list[Path]:
+        """Folders a local model path may point into (job outputs aside: the api checks their owner)."""
+        return [*self.data_root_paths, *self.model_root_paths, Path(self.model_cache).expanduser().resolve()]
+
+    @property
     def http_reward_url_list(self) -> list[str]:
         return [u.strip() for u in self.http_reward_urls.split(",") if u.strip()]
 
@@ -129,6 +147,9 @@ class Settings(BaseSettings):
         return {
             "PAPERTRAIN_DATA_ROOTS": ",".join(str(p) for p in self.data_root_paths),
             "PAPERTRAIN_UPLOADS_DIR": str(Path(self.uploads_dir).resolve()),
+            "PAPERTRAIN_MODEL_ROOTS": ",".join(str(p) for p in self.model_root_paths),
+            "PAPERTRAIN_MODEL_CACHE": str(Path(self.model_cache).expanduser().resolve()),
+            "PAPERTRAIN_JOBS_DIR": str(Path(self.jobs_dir).resolve()),
             "PAPERTRAIN_HTTP_REWARD_URLS": ",".join(self.http_reward_url_list),
             "PAPERTRAIN_MAX_ROW_BYTES": str(self.max_row_bytes),
             "PAPERTRAIN_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),

@@ -14,7 +14,8 @@ micro-step boundary and saves nothing extra). Settings read from the environment
 `PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default
 `./var/uploads`). When `PAPERTRAIN_DATA_ROOTS` is set (a worker always sets it, maybe empty) the job is
 confined: datasets only from uploads and those roots, `http` rewards only to `PAPERTRAIN_HTTP_REWARD_URLS`,
-rows and files at most `PAPERTRAIN_MAX_ROW_BYTES` / `PAPERTRAIN_MAX_UPLOAD_BYTES`. `PAPERTRAIN_VLLM_*`: where
+rows and files at most `PAPERTRAIN_MAX_ROW_BYTES` / `PAPERTRAIN_MAX_UPLOAD_BYTES`, local model paths only
+under the data roots, `PAPERTRAIN_MODEL_ROOTS`, the model cache and `PAPERTRAIN_JOBS_DIR`. `PAPERTRAIN_VLLM_*`: where
 the vLLM rollout server lives (`ServerOptions`).
 """
 
@@ -58,6 +59,9 @@ def data_policy(env: Any) -> Any:
         return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
 
     defaults = DataPolicy()
+    # a local model may come from a data root, a models root, the model cache or a job's output folder
+    model_folders = [*split("PAPERTRAIN_DATA_ROOTS"), *split("PAPERTRAIN_MODEL_ROOTS")]
+    model_folders += [p for p in (env.get("PAPERTRAIN_MODEL_CACHE"), env.get("PAPERTRAIN_JOBS_DIR")) if p]
     return DataPolicy(
         confined="PAPERTRAIN_DATA_ROOTS" in env,
         roots=tuple(Path(p).expanduser().resolve() for p in split("PAPERTRAIN_DATA_ROOTS")),
@@ -65,6 +69,7 @@ def data_policy(env: Any) -> Any:
         max_row_bytes=int(env.get("PAPERTRAIN_MAX_ROW_BYTES") or defaults.max_row_bytes),
         max_file_bytes=int(env.get("PAPERTRAIN_MAX_UPLOAD_BYTES") or defaults.max_file_bytes),
         http_reward_urls=split("PAPERTRAIN_HTTP_REWARD_URLS"),
+        model_folders=tuple(Path(p).expanduser().resolve() for p in model_folders),
     )
 
 
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
     stop = stop or threading.Event()
     ctx = None
     try:
-        from engine.data.access import check_dataset, set_policy
+        from engine.data.access import check_dataset, check_models, set_policy
         from engine.spec import parse_job_spec, unsupported
 
         set_policy(data_policy(os.environ))
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
             raise problem
         check_dataset("dataset", spec.dataset)
         check_dataset("eval_dataset", spec.eval_dataset)
+        check_models(spec)
         from engine.spec.warnings import spec_warnings
 
         for warning in spec_warnings(spec):  # the same warnings the dry run shows

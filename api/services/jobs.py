@@ -125,10 +125,30 @@ def _resolve_files(session: Session, user: User, resolved: dict[str, Any]) -> di
     return resolved
 
 
-def _check_access(spec: Any, settings: Settings) -> None:
-    """A job reads only built-in sets, its owner's uploads (`file_id`) and files under `data_roots`, and
-    calls only allowed reward services; the engine checks the resolved spec again."""
-    from engine.data.access import check_dataset_path, check_hf_id, check_http_reward
+def _check_model_paths(session: Session, user: User, spec: Any, settings: Settings) -> None:
+    """A local model path must lie under a data or models root, the model cache, or an output folder of one
+    of the submitter's own jobs; the engine checks the folders again (not the owner: it has no database)."""
+    from engine.data.access import check_model_path, model_refs
+
+    jobs_dir = Path(settings.jobs_dir).resolve()
+    for field, ref in model_refs(spec):
+        path = check_model_path(field, ref, [*settings.model_folders, jobs_dir])
+        if path is None or not path.is_relative_to(jobs_dir) or path == jobs_dir:
+            continue
+        job = session.get(Job, path.relative_to(jobs_dir).parts[0])
+        if job is None or job.owner_id != user.id:
+            raise SpecError(
+                field,
+                f"{field} {ref!r} is not the output of one of your jobs; name the final/ folder of a job you "
+                "submitted, a Hugging Face id, or a folder under a configured models root",
+            )
+
+
+def _check_access(session: Session, user: User, spec: Any, settings: Settings) -> None:
+    """A job reads only built-in sets, its owner's uploads (`file_id`) and files under `data_roots`, loads
+    local models only from allowed folders, and calls only allowed reward services; the engine checks the
+    resolved spec again."""
+    from engine.data.access import check_dataset_path, check_hf_id, check_http_reward, model_refs
 
     try:
         for key in ("dataset", "eval_dataset"):
@@ -143,17 +163,20 @@ def _check_access(spec: Any, settings: Settings) -> None:
                 )
             if ds is not None and ds.hf_id:
                 check_hf_id(f"{key}.hf_id", ds.hf_id)
+        _check_model_paths(session, user, spec, settings)
         for i, reward in enumerate(getattr(spec, "reward_funcs", None) or []):
             if reward.name == "http":
                 check_http_reward(f"reward_funcs.{i}.url", reward.url or "", settings.http_reward_url_list)
     except SpecError as exc:
-        code = "path_not_allowed" if exc.field.endswith(".path") else "not_allowed"
+        model_field = exc.field in {field for field, _ in model_refs(spec)}
+        code = "path_not_allowed" if exc.field.endswith(".path") or model_field else "not_allowed"
         raise ApiError(
             422,
             code,
             str(exc),
             param=exc.field,
-            remediation="upload datasets with POST /v1/files and use built-in or allowed rewards",
+            remediation="upload datasets with POST /v1/files, load models by hub id or from your jobs' outputs, "
+            "and use built-in or allowed rewards",
         ) from None
 
 
@@ -207,7 +230,7 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
             param="distributed.num_machines",
             remediation="set distributed.num_machines to 1",
         )
-    _check_access(spec, settings)
+    _check_access(session, user, spec, settings)
     _check_vllm(session, spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
     return Submission(spec=spec, preset=preset, resolved=resolved)

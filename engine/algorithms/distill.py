@@ -112,6 +112,8 @@ def tokenize_distill(
             completion_only_loss=True,
             eos_token=eos_token,
             index=i,
+            max_length=max_length,
+            truncation_mode=truncation_mode,
         )
         split = ex.loss_mask.index(1) if 1 in ex.loss_mask else len(ex.loss_mask)
         ids = ex.input_ids

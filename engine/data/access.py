@@ -8,6 +8,10 @@ no `dataset.path` is allowed at all. The api checks a submitted spec with `check
 `uploads_by_path=False`: a user may not name a stored upload by path) and the engine checks the resolved spec again
 with the same function. Refusals name the field, never the file's contents or whether it exists.
 
+Models given as a local path are confined the same way (`check_model_path`): a folder under a data root,
+a models root, the model cache, or a job output (the api checks the job is the submitter's); hub ids,
+`bundled:` and `tiny:` models are not paths.
+
 `DataPolicy` carries the limits the engine enforces while reading; `engine.train` sets it from the
 environment the worker gives it (`set_policy`), library use keeps the unconfined default.
 """
@@ -31,6 +35,7 @@ class DataPolicy:
     max_row_bytes: int = 16 * 1024 * 1024
     max_file_bytes: int = 2 * 1024**3
     http_reward_urls: tuple[str, ...] = ()  # URL prefixes an `http` reward may call (confined: empty = none)
+    model_folders: tuple[Path, ...] = ()  # where a local model path may point (confined)
 
 
 _policy = DataPolicy()
@@ -79,6 +84,44 @@ def check_dataset_path(
         param,
         f"{param} {path!r} is outside the folders this platform reads datasets from; upload the file "
         "(POST /v1/files) or place it under a configured data root",
+    )
+
+
+def local_model_path(ref: str) -> Path | None:
+    """The folder a model reference names on this machine; None for hub ids, `bundled:` and `tiny:`."""
+    if ref.startswith(("tiny:", "bundled:")):
+        return None
+    path = Path(ref).expanduser()
+    if HF_ID.match(ref) and ".." not in ref.split("/") and not path.exists():
+        return None
+    return path
+
+
+def model_refs(spec: object) -> list[tuple[str, str]]:
+    """(field, reference) of every model a spec loads: the policy, a teacher (and its tokenizer), reward models."""
+    refs = [("model", getattr(spec, "model", None))]
+    cfg = getattr(spec, "config", None)
+    for key in ("teacher_model_name_or_path", "teacher_tokenizer_name_or_path"):
+        refs.append((f"config.{key}", getattr(cfg, key, None)))
+    for i, reward in enumerate(getattr(spec, "reward_funcs", None) or []):
+        refs.append((f"reward_funcs.{i}.model", getattr(reward, "model", None)))
+    return [(field, ref) for field, ref in refs if isinstance(ref, str) and ref]
+
+
+def check_model_path(param: str, ref: str, folders: list[Path] | tuple[Path, ...]) -> Path | None:
+    """Raise SpecError(param) when `ref` is a local path outside `folders` (symlinks resolved); the resolved
+    path (None for a hub id, `bundled:` or `tiny:`) otherwise."""
+    path = local_model_path(ref)
+    if path is None:
+        return None
+    resolved = path.resolve()
+    if any(_inside(resolved, Path(folder).resolve()) for folder in folders):
+        return resolved
+    raise SpecError(
+        param,
+        f"{param} {ref!r} is a local path outside the folders this platform loads models from; name a "
+        "Hugging Face id, 'bundled:...' or 'tiny:...', the final/ folder of one of your jobs, or a folder "
+        "under a configured models root (PAPERTRAIN_MODEL_ROOTS)",
     )
 
 
@@ -138,3 +181,12 @@ def check_dataset(prefix: str, dataset: object, policy_: DataPolicy | None = Non
     hf_id = getattr(dataset, "hf_id", None)
     if hf_id:
         check_hf_id(f"{prefix}.hf_id", hf_id)
+
+
+def check_models(spec: object, policy_: DataPolicy | None = None) -> None:
+    """The engine's check of every model a resolved spec loads under the active policy."""
+    pol = policy_ or _policy
+    if not pol.confined:
+        return
+    for field, ref in model_refs(spec):
+        check_model_path(field, ref, pol.model_folders)

@@ -73,8 +73,9 @@ def tokenize_reward_pairs(
     """(pairs, number dropped because a side is longer than `max_length` tokens)."""
     margins = read_margins(rows)
     out, dropped = [], 0
+    limit = None if max_length is None else max_length + 1  # enough to see that a side is too long
     for i, row in enumerate(rows):
-        ex = preference_example(row, tokenizer, i)
+        ex = preference_example(row, tokenizer, i, prompt_limit=limit, completion_limit=limit)
         chosen, rejected = ex.prompt_ids + ex.chosen_ids, ex.prompt_ids + ex.rejected_ids
         if max_length is not None and max(len(chosen), len(rejected)) > max_length:
             dropped += 1

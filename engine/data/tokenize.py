@@ -9,10 +9,16 @@ rendered by the tokenizer's chat template; the text of each assistant turn is fo
 conversation up to that turn with and without it, which works for any template that renders earlier turns
 identically when later ones are added (a template that does not raises a clear error). Standard (string)
 completions get the EOS token appended when missing. Batching and padding live in `collate.py`.
+
+Memory is bounded by the configured lengths, not by the row: before the tokenizer sees a text (or a chat
+template renders a message), the text is cut to a character budget of `(limit + 8) x` the longest token
+of the vocabulary (no `limit` tokens can span more characters), from the side the truncation keeps; the
+tokens are then cut exactly. A 10 MB row with `max_length` 1024 costs a few hundred kilobytes.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +61,59 @@ def prompt_text(tokenizer: Any, prompt: Any) -> str:
     return prompt
 
 
-def encode(tokenizer: Any, text: str, add_special_tokens: bool = False) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+SLACK_TOKENS = 8  # tokens of characters kept beyond the limit, so the cut never changes the kept tokens
+_token_chars: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` can stand for (its longest vocabulary entry; byte-level
+    tokens are at least as long as the text they encode)."""
+    if tokenizer not in _token_chars:
+        _token_chars[tokenizer] = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+    return _token_chars[tokenizer]
+
+
+def char_budget(tokenizer: Any, limit: int | None) -> int | None:
+    """Characters that certainly hold `limit` tokens (and some to spare); None: no limit."""
+    return None if limit is None else (max(limit, 0) + SLACK_TOKENS) * max_token_chars(tokenizer)
+
+
+def cap_text(tokenizer: Any, text: str, limit: int | None, keep: str = "start") -> str:
+    """`text` cut to the character budget of `limit` tokens, keeping its start or its end."""
+    budget = char_budget(tokenizer, limit)
+    if budget is None or len(text) <= budget:
+        return text
+    return text[-budget:] if keep == "end" else text[:budget]
+
+
+def cap_messages(tokenizer: Any, messages: Any, limit: int | None, keep: str = "start") -> Any:
+    """Chat messages whose string contents are cut to the character budget of `limit` tokens."""
+    if limit is None or not isinstance(messages, list):
+        return messages
+    return [
+        {**m, "content": cap_text(tokenizer, m["content"], limit, keep)}
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+
+
+def encode(
+    tokenizer: Any,
+    text: str,
+    add_special_tokens: bool = False,
+    *,
+    limit: int | None = None,
+    keep: str = "start",
+) -> list[int]:
+    """Token ids of `text`; with `limit`, only its first (keep="start") or last (keep="end") `limit` tokens,
+    and the tokenizer only ever sees the character budget of `limit` tokens."""
+    ids = list(
+        tokenizer(cap_text(tokenizer, text, limit, keep), add_special_tokens=add_special_tokens)["input_ids"]
+    )
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[-limit:] if keep == "end" and limit > 0 else ids[:limit]
 
 
 def _template_error(row: int) -> DataFormatError:
@@ -123,6 +180,10 @@ def _truncate(
     return ids[:max_length], mask[:max_length]
 
 
+def _keep(truncation_mode: str) -> str:
+    return "end" if truncation_mode == "keep_end" else "start"
+
+
 def sft_example(
     row: dict[str, Any],
     fmt: str,
@@ -133,35 +194,61 @@ def sft_example(
     text_field: str = "text",
     eos_token: str | None = None,
     index: int = 0,
+    max_length: int | None = None,
+    truncation_mode: str = "keep_start",
 ) -> SFTExample:
     """One row -> tokens + loss mask.
 
     prompt_completion: loss on the completion only (unless `completion_only_loss` is False).
     messages: loss on every assistant turn, its end-of-turn tokens included (all tokens if
     `completion_only_loss` is False and `assistant_only_loss` is not set). text: loss on every token.
+    With `max_length`, every piece is tokenized only as far as the cut to `max_length` tokens
+    (`truncation_mode`) can reach, so the result may be longer than `max_length` but cutting it gives
+    exactly the cut of the whole row.
     """
     eos_id = _eos_id(tokenizer, eos_token)
     only_completion = completion_only_loss is not False
+    keep = _keep(truncation_mode)
+
+    def enc(text: str, special: bool = False) -> list[int]:
+        return encode(tokenizer, text, add_special_tokens=special, limit=max_length, keep=keep)
+
     if fmt == "text":
-        ids = _with_eos(encode(tokenizer, row[text_field], add_special_tokens=True), eos_id)
+        ids = _with_eos(enc(row[text_field], special=True), eos_id)
         return SFTExample(ids, [1] * len(ids))
     if fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, list):
-            before, comp = _completion_text(tokenizer, prompt, completion, index)
-            p_ids, c_ids = encode(tokenizer, before), encode(tokenizer, comp)
+            before, comp = _completion_text(
+                tokenizer,
+                cap_messages(tokenizer, prompt, max_length, keep),
+                cap_messages(tokenizer, completion, max_length, keep),
+                index,
+            )
+            p_ids, c_ids = enc(before), enc(comp)
         else:
-            p_ids = encode(tokenizer, prompt, add_special_tokens=True)
-            c_ids = _with_eos(encode(tokenizer, completion), eos_id)
+            p_ids = enc(prompt, special=True)
+            c_ids = _with_eos(enc(completion), eos_id)
         return SFTExample(p_ids + c_ids, [0 if only_completion else 1] * len(p_ids) + [1] * len(c_ids))
     if fmt == "messages":
+        only_assistant = only_completion or assistant_only_loss
+        segments = conversation_segments(
+            tokenizer, cap_messages(tokenizer, row["messages"], max_length, keep), index
+        )
+        if keep == "end":  # the last max_length tokens: walk the pieces backwards
+            segments = segments[::-1]
         ids: list[int] = []
         mask: list[int] = []
-        for text, is_assistant in conversation_segments(tokenizer, row["messages"], index):
-            piece = encode(tokenizer, text)
-            ids += piece
-            only_assistant = only_completion or assistant_only_loss
-            mask += [1 if (is_assistant or not only_assistant) else 0] * len(piece)
+        for text, is_assistant in segments:
+            room = None if max_length is None else max_length - len(ids)
+            if room is not None and room <= 0:
+                break
+            piece = encode(tokenizer, text, limit=room, keep=keep)
+            bit = 1 if (is_assistant or not only_assistant) else 0
+            if keep == "end":
+                ids, mask = piece + ids, [bit] * len(piece) + mask
+            else:
+                ids, mask = ids + piece, mask + [bit] * len(piece)
         return SFTExample(ids, mask)
     raise DataFormatError(f"SFT cannot use {fmt} rows; give prompt/completion, messages or text rows")
 
@@ -190,6 +277,8 @@ def tokenize_sft(
             text_field=text_field,
             eos_token=eos_token,
             index=i,
+            max_length=max_length,
+            truncation_mode=truncation_mode,
         )
         ids, mask = _truncate(ex.input_ids, ex.loss_mask, max_length, truncation_mode)
         mask = [0] + mask[1:]  # the first token is never predicted
@@ -200,23 +289,56 @@ def tokenize_sft(
     return out, dropped
 
 
-def preference_example(row: dict[str, Any], tokenizer: Any, index: int = 0) -> PreferenceExample:
-    """One preference row -> prompt/chosen/rejected token ids (explicit or implicit prompt)."""
+def preference_example(
+    row: dict[str, Any],
+    tokenizer: Any,
+    index: int = 0,
+    *,
+    prompt_limit: int | None = None,
+    completion_limit: int | None = None,
+    prompt_keep: str = "end",
+) -> PreferenceExample:
+    """One preference row -> prompt/chosen/rejected token ids (explicit or implicit prompt).
+
+    With limits, the prompt is tokenized only as far as its first/last (`prompt_keep`) `prompt_limit`
+    tokens and each completion as far as its first `completion_limit` tokens (EOS appended after)."""
     if "prompt" in row:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
     else:
         prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
+
+    def enc(text: str, limit: int | None, keep: str, special: bool = False) -> list[int]:
+        return encode(tokenizer, text, add_special_tokens=special, limit=limit, keep=keep)
+
     if isinstance(chosen, list):
+        prompt = cap_messages(tokenizer, prompt, prompt_limit, prompt_keep)
+        chosen = cap_messages(tokenizer, chosen, completion_limit)
+        rejected = cap_messages(tokenizer, rejected, completion_limit)
         before, chosen_text = _completion_text(tokenizer, prompt, chosen, index)
         _, rejected_text = _completion_text(tokenizer, prompt, rejected, index)
         return PreferenceExample(
-            encode(tokenizer, before), encode(tokenizer, chosen_text), encode(tokenizer, rejected_text)
+            enc(before, prompt_limit, prompt_keep),
+            enc(chosen_text, completion_limit, "start"),
+            enc(rejected_text, completion_limit, "start"),
         )
     eos_id = tokenizer.eos_token_id
     return PreferenceExample(
-        encode(tokenizer, prompt, add_special_tokens=True),
-        _with_eos(encode(tokenizer, chosen), eos_id),
-        _with_eos(encode(tokenizer, rejected), eos_id),
+        enc(prompt, prompt_limit, prompt_keep, special=True),
+        _with_eos(enc(chosen, completion_limit, "start"), eos_id),
+        _with_eos(enc(rejected, completion_limit, "start"), eos_id),
+    )
+
+
+def pair_limits(
+    max_length: int | None, max_prompt_length: int | None, max_completion_length: int | None
+) -> tuple[int | None, int | None]:
+    """(prompt, completion) token counts that a cut to these lengths can keep, plus one so that "too long"
+    stays visible: a pair's pieces never need more tokens than this."""
+    prompt = min((n for n in (max_prompt_length, max_length) if n is not None), default=None)
+    completion = min((n for n in (max_completion_length, max_length) if n is not None), default=None)
+    return (
+        None if prompt is None else prompt + 1,
+        None if completion is None else completion + 1,
     )
 
 
@@ -232,9 +354,17 @@ def tokenize_preferences(
     """(pairs, number dropped). The prompt is cut to `max_prompt_length` (keep_end: its last tokens), the
     completions to `max_completion_length`, then to what `max_length` leaves after the prompt; a pair left
     with an empty prompt or completion is dropped."""
+    prompt_limit, completion_limit = pair_limits(max_length, max_prompt_length, max_completion_length)
     out, dropped = [], 0
     for i, row in enumerate(rows):
-        ex = preference_example(row, tokenizer, i)
+        ex = preference_example(
+            row,
+            tokenizer,
+            i,
+            prompt_limit=prompt_limit,
+            completion_limit=completion_limit,
+            prompt_keep=_keep(truncation_mode),
+        )
         p, c, r = ex.prompt_ids, ex.chosen_ids, ex.rejected_ids
         if max_prompt_length is not None and len(p) > max_prompt_length:
             p = p[-max_prompt_length:] if truncation_mode == "keep_end" else p[:max_prompt_length]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from engine.data.collate import TokenBatch, pad_rows
-from engine.data.tokenize import preference_example
+from engine.data.tokenize import pair_limits, preference_example
 
 KL_SEARCH = 64  # rows looked back for a partner with another prompt
 
@@ -100,14 +100,17 @@ def tokenize_unpaired(
     undesirable row; the result is shuffled with `seed`)."""
     if fmt not in ("unpaired", "preference"):
         raise ValueError(f"unpaired data must be 'unpaired' or 'preference' rows, not {fmt!r}")
+    prompt_limit, completion_limit = pair_limits(max_length, max_prompt_length, max_completion_length)
+    keep = "end" if truncation_mode == "keep_end" else "start"
+    limits = {"prompt_limit": prompt_limit, "completion_limit": completion_limit, "prompt_keep": keep}
     raw: list[tuple[list[int], list[int], bool]] = []
     for i, row in enumerate(rows):
         if fmt == "unpaired":
             side = {"prompt": row["prompt"], "chosen": row["completion"], "rejected": row["completion"]}
-            ex = preference_example(side, tokenizer, i)
+            ex = preference_example(side, tokenizer, i, **limits)
             raw.append((ex.prompt_ids, ex.chosen_ids, bool(row["label"])))
         else:
-            ex = preference_example(row, tokenizer, i)
+            ex = preference_example(row, tokenizer, i, **limits)
             raw.append((ex.prompt_ids, ex.chosen_ids, True))
             raw.append((ex.prompt_ids, ex.rejected_ids, False))
     if fmt == "preference":

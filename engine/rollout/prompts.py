@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engine.data.tokenize import prompt_text
+from engine.data.tokenize import cap_messages, encode, prompt_text
 
 
 class PromptSampler:
@@ -63,11 +63,11 @@ class PromptEncoder:
         self._cache: dict[int, list[int]] = {}
 
     def encode(self, prompt: Any) -> list[int]:
-        ids = list(self.tokenizer(prompt_text(self.tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        limit = self.max_prompt_length
+        text = prompt_text(self.tokenizer, cap_messages(self.tokenizer, prompt, limit, keep="end"))
+        ids = encode(self.tokenizer, text, limit=limit, keep="end")
         if not ids:
             raise ValueError("a prompt rendered to zero tokens; every prompt needs some text")
-        if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
-            ids = ids[-self.max_prompt_length :]
         return ids
 
     def row(self, index: int, prompt: Any) -> list[int]:

@@ -47,6 +47,48 @@ def test_hf_id_that_is_a_local_folder_is_refused(client, alice) -> None:
         assert _error(client.post("/v1/jobs", json=body, headers=alice))["param"] == "dataset.hf_id"
 
 
+def test_a_local_model_path_is_confined_like_a_dataset_path(client, alice, bob, settings, sent) -> None:
+    for field, body in (
+        ("model", {**SFT_SPEC, "model": "/etc"}),
+        ("model", {**SFT_SPEC, "model": "../../x"}),
+        ("model", {**SFT_SPEC, "model": str(settings.var_dir)}),
+        (
+            "config.teacher_model_name_or_path",
+            {**SFT_SPEC, "algorithm": "gkd", "config": {"teacher_model_name_or_path": "/root"}},
+        ),
+        ("reward_funcs.0.model", {**GRPO, "reward_funcs": [{"name": "reward_model", "model": "/srv/rm"}]}),
+    ):
+        error = _error(client.post("/v1/jobs", json=body, headers=alice))
+        assert (error["code"], error["param"]) == ("path_not_allowed", field), error
+        assert field in error["message"]
+    assert sent == []
+    # a previous job's output folder is the submitter's to train from, not anyone else's
+    first = client.post("/v1/jobs", json=SFT_SPEC, headers=alice).json()
+    final = str(settings.jobs_dir / first["id"] / "final")
+    assert client.post("/v1/jobs", json={**SFT_SPEC, "model": final}, headers=alice).status_code == 201
+    error = _error(client.post("/v1/jobs", json={**SFT_SPEC, "model": final}, headers=bob))
+    assert error["param"] == "model" and "your jobs" in error["message"]
+    # the dry run answers the same
+    res = client.post("/v1/jobs:validate", json={**SFT_SPEC, "model": final}, headers=bob)
+    assert res.status_code == 422 and res.json()["error"]["param"] == "model"
+    # hub ids are not paths
+    assert (
+        client.post("/v1/jobs", json={**SFT_SPEC, "model": "org/some-model"}, headers=bob).status_code == 201
+    )
+
+
+def test_a_configured_models_root_is_allowed(settings, tokens, tmp_path) -> None:
+    root = tmp_path / "models"
+    (root / "base").mkdir(parents=True)
+    (root / "escape").symlink_to("/etc")
+    headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    with TestClient(create_app(settings.model_copy(update={"model_roots": str(root)}))) as client:
+        ok = client.post("/v1/jobs", json={**SFT_SPEC, "model": str(root / "base")}, headers=headers)
+        assert ok.status_code == 201, ok.text
+        bad = client.post("/v1/jobs", json={**SFT_SPEC, "model": str(root / "escape")}, headers=headers)
+        assert _error(bad)["param"] == "model"
+
+
 def test_http_rewards_are_off_unless_allowed(settings, tokens, sent) -> None:
     headers = {"Authorization": f"Bearer {tokens['alice']}"}
     rewards = [{"name": "accuracy"}, {"name": "http", "url": "http://169.254.169.254/latest"}]

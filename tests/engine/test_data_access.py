@@ -56,6 +56,40 @@ def test_a_confined_engine_refuses_paths_outside_uploads_and_roots(tmp_path, mon
     assert "root:x" not in json.dumps(error) and "malformed" not in json.dumps(error)
 
 
+def test_a_confined_engine_refuses_model_paths_outside_the_allowed_folders(tmp_path, monkeypatch) -> None:
+    from engine.data.access import check_models
+    from engine.spec import parse_job_spec
+
+    models, jobs, cache = tmp_path / "models", tmp_path / "jobs", tmp_path / "cache"
+    (tmp_path / "elsewhere").mkdir()
+    env = {
+        "PAPERTRAIN_DATA_ROOTS": "",
+        "PAPERTRAIN_MODEL_ROOTS": str(models),
+        "PAPERTRAIN_JOBS_DIR": str(jobs),
+        "PAPERTRAIN_MODEL_CACHE": str(cache),
+    }
+    spec = {"algorithm": "sft", "model": str(tmp_path / "elsewhere"), "dataset": {"builtin": "chat"}}
+    error = _run(tmp_path, spec, monkeypatch, env)
+    assert error["param"] == "model" and "outside the folders" in error["message"]
+    # every model a spec loads is checked: a teacher and a reward model too
+    pol = data_policy(env)
+    gkd = {"algorithm": "gkd", "model": "tiny:llama", "dataset": {"builtin": "chat"}}
+    gkd["config"] = {"teacher_model_name_or_path": "/etc"}
+    with pytest.raises(ValueError, match="config.teacher_model_name_or_path"):
+        check_models(parse_job_spec(gkd), pol)
+    grpo = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
+    grpo["reward_funcs"] = [{"name": "reward_model", "model": "../../secret-model"}]
+    with pytest.raises(ValueError, match="reward_funcs.0.model"):
+        check_models(parse_job_spec(grpo), pol)
+    # a symlink out of an allowed folder does not count as inside it
+    models.mkdir()
+    (models / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="model"):
+        check_models(parse_job_spec({**spec, "model": str(models / "link")}), pol)
+    for ok in (str(models / "m"), str(jobs / "job_1" / "final"), str(cache / "x"), "org/name", "tiny:llama"):
+        check_models(parse_job_spec({**spec, "model": ok}), pol)
+
+
 def test_a_confined_engine_refuses_unlisted_http_rewards(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PAPERTRAIN_DATA_ROOTS", "")
     monkeypatch.setenv("PAPERTRAIN_HTTP_REWARD_URLS", "http://127.0.0.1:1/ok")
