@@ -16,6 +16,7 @@ from engine.spec import DatasetSpec, HardwareSpec, JobSpec, LoraSpec
 from engine.spec.base import DistributedSpec
 from engine.spec.estimate import Estimate
 from engine.spec.grpo import RewardFuncSpec
+from engine.spec.job import AlgorithmFamily
 from engine.spec.warnings import SpecWarning
 
 
@@ -234,7 +235,12 @@ class Me(_Out):
 class AlgorithmOut(BaseModel):
     id: str
     runnable: bool
-    builtin_datasets: list[str]
+    builtin_datasets: list[str] = Field(description="the built-in sets whose row format fits it")
+    family: AlgorithmFamily = Field(
+        description="offline: learns from the dataset's rows; online: generates completions and scores them "
+        "with reward_funcs; distillation: learns a teacher's distributions. Online and distillation runs log "
+        "generated samples"
+    )
 
 
 class AlgorithmList(BaseModel):

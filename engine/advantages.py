@@ -17,10 +17,8 @@ import torch
 from torch import Tensor
 
 from engine.functional import nanmean, nanstd
+from engine.spec.names import GROUP_FILTERS, REWARD_AGGREGATIONS, SCALE_REWARDS
 
-SCALE_REWARDS = ("group", "batch", "none")
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
-GFPO_METRICS = ("shortest", "reward_per_token")
 STD_EPS = 1e-4
 
 
@@ -81,7 +79,9 @@ def combine_rewards(
             (g - nanmean(g, dim=1, keepdim=True)) / (nanstd(g, dim=1, keepdim=True) + STD_EPS)
         ).reshape_as(per_func)
     else:
-        raise ValueError(f"multi_objective_aggregation {aggregation!r} unknown; known: {list(AGGREGATIONS)}")
+        raise ValueError(
+            f"multi_objective_aggregation {aggregation!r} unknown; known: {list(REWARD_AGGREGATIONS)}"
+        )
     total = torch.nansum(scored * w, dim=-1)
     return _unscorable_to_nan(total, per_func)
 
@@ -133,7 +133,9 @@ def group_advantages(
         else:
             norm_std = group_std
     else:
-        raise ValueError(f"multi_objective_aggregation {aggregation!r} unknown; known: {list(AGGREGATIONS)}")
+        raise ValueError(
+            f"multi_objective_aggregation {aggregation!r} unknown; known: {list(REWARD_AGGREGATIONS)}"
+        )
     adv = torch.nan_to_num(adv, nan=0.0)
     zero_std = torch.isclose(norm_std, torch.zeros_like(norm_std)) | torch.isnan(norm_std)
     stats = {
@@ -250,8 +252,8 @@ def gfpo_keep_mask(
     (NaN rewards rank last). Ties keep the earlier row. Then recompute advantages on the kept rows
     with `group_advantages(rewards[keep], num_remains_in_group, ...)`.
     """
-    if metric not in GFPO_METRICS:
-        raise ValueError(f"group_filter {metric!r} unknown; known: {list(GFPO_METRICS)}")
+    if metric not in GROUP_FILTERS:
+        raise ValueError(f"group_filter {metric!r} unknown; known: {list(GROUP_FILTERS)}")
     if not 1 <= num_remains_in_group <= num_generations:
         raise ValueError(
             f"num_remains_in_group must be in [1, num_generations={num_generations}], got {num_remains_in_group}"

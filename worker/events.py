@@ -23,20 +23,14 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.models import Job, JobEvent, utcnow
+from core.models import EventKind, Job, JobEvent, utcnow
+from engine.events import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
-# engine event type -> JobEvent kind
-KIND_OF = {
-    "progress": "progress",
-    "metrics": "metrics",
-    "samples": "samples",
-    "checkpoint": "checkpoint",
-    "log": "log",
-    "done": "log",
-    "error": "error",
-}
+# engine event type -> JobEvent kind: the same name, except that `done` is stored as a `log` row. Every
+# engine type must name a kind (EventKind raises on one that does not).
+KIND_OF = {t: EventKind("log" if t == "done" else t).value for t in EVENT_TYPES}
 MAX_PENDING_ROWS = 20_000
 # Kinds a resumed run emits again for the steps it redoes: the earlier run's rows from those steps on are
 # superseded (deleted) when the new ones are written, so histories never run backwards or repeat.

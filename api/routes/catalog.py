@@ -12,8 +12,8 @@ from api.deps import PrincipalDep
 from api.errors import ApiError, ErrorBody
 from api.schemas import AlgorithmList, BuiltinDatasetList
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS, JobSpec
-from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
 from engine.spec.field_docs import describe
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS, family_of
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses={401: {"model": ErrorBody}})
 
@@ -33,7 +33,12 @@ def list_algorithms(_user: PrincipalDep) -> Any:
     """Every algorithm a spec may name, whether this engine trains it, and the built-in sets that fit it."""
     return {
         "algorithms": [
-            {"id": a, "runnable": a in RUNNABLE_ALGORITHMS, "builtin_datasets": _datasets_for(a)}
+            {
+                "id": a,
+                "runnable": a in RUNNABLE_ALGORITHMS,
+                "builtin_datasets": _datasets_for(a),
+                "family": family_of(a),
+            }
             for a in ALGORITHMS
         ]
     }

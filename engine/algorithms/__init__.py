@@ -11,20 +11,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from engine.spec.job import JOB_CLASSES
+
+# algorithm -> the module of its loop, as each job class names it
 ALGORITHM_MODULES = {
-    "sft": "engine.algorithms.sft",
-    "dpo": "engine.algorithms.dpo",
-    "kto": "engine.algorithms.kto",
-    "bco": "engine.algorithms.bco",
-    "cpo": "engine.algorithms.cpo",
-    "reward": "engine.algorithms.reward",
-    "grpo": "engine.algorithms.grpo",
-    "gfpo": "engine.algorithms.grpo",
-    "papo": "engine.algorithms.papo",
-    "rloo": "engine.algorithms.rloo",
-    "gkd": "engine.algorithms.distill",
-    "gold": "engine.algorithms.distill",
-    "minillm": "engine.algorithms.minillm",
+    name: f"engine.algorithms.{cls.loop}" for name, cls in JOB_CLASSES.items() if cls.loop is not None
 }
 
 

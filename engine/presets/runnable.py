@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from engine.presets import Preset, apply_preset
 from engine.spec import parse_job_spec, unsupported
-from engine.spec.base import BUILTIN_DATASET_ALGORITHMS, SpecError
+from engine.spec.base import SpecError
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
 STAND_IN_MODEL = "tiny:llama-hd32"  # tiny:llama with heads vLLM can serve
 STAND_IN_VISION_MODEL = "tiny:vlm"  # for methods that train vision-language models only

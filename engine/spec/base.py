@@ -114,15 +114,8 @@ TINY_ARCHS: dict[str, dict[str, int]] = {
     },
 }
 TINY_MODELS = set(TINY_ARCHS) | {"vlm"}  # tiny:vlm: engine.multimodal.vlm
-# Which algorithms each built-in set feeds (its format is known in advance, so a mismatch is a 422).
-BUILTIN_DATASET_ALGORITHMS = {
-    "arithmetic": {"grpo", "gfpo", "minillm", "rloo"},
-    "shapes": {"grpo", "gfpo", "papo", "rloo"},  # image prompts: needs a vision-language model
-    "chat": {"sft", "gkd", "gold"},
-    "preferences": {"dpo", "cpo", "reward", "kto", "bco"},
-    "unpaired": {"kto", "bco"},
-}
-BUILTIN_DATASETS = set(BUILTIN_DATASET_ALGORITHMS)
+# The generated sets every worker has (engine.data.builtin); each job class names the ones with its row format.
+BUILTIN_DATASETS = ("arithmetic", "shapes", "chat", "preferences", "unpaired")
 BUILTIN_DEFAULT_ROWS = 1000  # rows a built-in set generates when `num_rows` is not given
 
 

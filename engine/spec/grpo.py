@@ -7,9 +7,17 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_model_ref
-from engine.spec.names import REWARD_FUNCS
-
-GrpoLoss = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+from engine.spec.names import (
+    REWARD_FUNCS,
+    SEQUENCE_TOKEN_LOSS_TYPES,
+    GroupFilter,
+    GrpoLossType,
+    ImportanceSamplingLevel,
+    RewardAggregation,
+    RewardName,
+    ScaleRewards,
+    VllmIsMode,
+)
 
 
 class GenerationArgs(TrainingArgs):
@@ -34,9 +42,7 @@ class GenerationArgs(TrainingArgs):
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1.0)
     vllm_importance_sampling_correction: bool = True
-    vllm_importance_sampling_mode: Literal[
-        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
-    ] = "sequence_mask"
+    vllm_importance_sampling_mode: VllmIsMode = "sequence_mask"
     vllm_importance_sampling_cap: float | None = Field(
         None,
         gt=0,
@@ -133,14 +139,14 @@ class GRPOConfig(GenerationArgs):
     # Group-relative advantages need two samples per prompt; a subclass whose advantage does not compare
     # samples of a group lowers this (and only this) rule.
     min_generations: ClassVar[int] = 2
-    loss_type: GrpoLoss = "dapo"
+    loss_type: GrpoLossType = "dapo"
     beta: float = Field(0.0, ge=0)
     epsilon: float = Field(0.2, gt=0)
     epsilon_high: float | None = Field(None, gt=0)
     delta: float | None = Field(None, gt=1.0, description="two-sided clipping cap on the unclipped ratio")
-    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    importance_sampling_level: ImportanceSamplingLevel = "token"
+    scale_rewards: ScaleRewards = "group"
+    multi_objective_aggregation: RewardAggregation = "sum_then_normalize"
     top_entropy_quantile: float = Field(1.0, ge=0.0, le=1.0)
     use_bias_correction_kl: bool = False
     off_policy_mask_threshold: float | None = Field(None, ge=0)
@@ -162,7 +168,7 @@ class GRPOConfig(GenerationArgs):
     )
     max_dynamic_sampling_rounds: int = Field(4, ge=1)
     num_remains_in_group: int | None = Field(None, ge=1, description="GFPO: keep k completions per group")
-    group_filter: Literal["shortest", "reward_per_token"] | None = None
+    group_filter: GroupFilter | None = None
 
     @field_validator("scale_rewards", mode="before")
     @classmethod
@@ -196,15 +202,14 @@ class GRPOConfig(GenerationArgs):
                 "delta",
                 "delta should exceed 1 + epsilon_high (it caps the unclipped ratio above the clip band)",
             )
-        if self.importance_sampling_level == "sequence_token" and self.loss_type not in (
-            "grpo",
-            "bnpo",
-            "dr_grpo",
-            "dapo",
+        if (
+            self.importance_sampling_level == "sequence_token"
+            and self.loss_type not in SEQUENCE_TOKEN_LOSS_TYPES
         ):
             raise SpecError(
                 "importance_sampling_level",
-                "importance_sampling_level 'sequence_token' (GSPO-token) supports loss_type grpo, bnpo, dr_grpo, dapo",
+                "importance_sampling_level 'sequence_token' (GSPO-token) supports loss_type "
+                + ", ".join(SEQUENCE_TOKEN_LOSS_TYPES),
             )
         if (
             self.loss_type == "vespo"
@@ -238,7 +243,7 @@ class GRPOConfig(GenerationArgs):
 
 class GFPOConfig(GRPOConfig):
     num_remains_in_group: int | None = Field(None, ge=1)
-    group_filter: Literal["shortest", "reward_per_token"] | None = "shortest"
+    group_filter: GroupFilter | None = "shortest"
 
 
 class PAPOConfig(GRPOConfig):
@@ -285,48 +290,33 @@ class RLOOConfig(GenerationArgs):
     reward_clip_range: tuple[float, float] | None = None
 
 
-# The parameters each reward reads; any other one set on it is refused.
-REWARD_PARAMS: dict[str, frozenset[str]] = {
-    "accuracy": frozenset(),
-    "format": frozenset(),
-    "think_format": frozenset(),
-    "length": frozenset(),
-    "soft_overlong_punishment": frozenset({"max_completion_len", "soft_punish_cache"}),
-    "repetition_penalty": frozenset({"ngram_size", "max_penalty"}),
-    "cosine_scaled": frozenset({"max_len"}),
-    "reward_model": frozenset({"model"}),
-    "http": frozenset({"url", "timeout_s"}),
-}
+def _param_of(reward: RewardName, default: Any, **kwargs: Any) -> Any:
+    """A RewardFuncSpec field that belongs to one reward (set on any other reward, it is refused)."""
+    return Field(default, json_schema_extra={"reward": reward}, **kwargs)
 
 
 class RewardFuncSpec(StrictModel):
     """One reward function of an online job. Built-ins run on the worker; nothing user-supplied is executed."""
 
-    name: Literal[
-        "accuracy",
-        "format",
-        "think_format",
+    name: RewardName
+    max_completion_len: int | None = _param_of(
         "soft_overlong_punishment",
-        "repetition_penalty",
-        "cosine_scaled",
-        "length",
-        "reward_model",
-        "http",
-    ]
-    max_completion_len: int | None = Field(
-        None, ge=1, description="soft_overlong_punishment: unset = the job's max_completion_length"
+        None,
+        ge=1,
+        description="soft_overlong_punishment: unset = the job's max_completion_length",
     )
-    soft_punish_cache: int | None = Field(
+    soft_punish_cache: int | None = _param_of(
+        "soft_overlong_punishment",
         None,
         ge=0,
         description="soft_overlong_punishment: unset = a fifth of a derived max_completion_len, else 0",
     )
-    ngram_size: int = Field(3, ge=1)
-    max_penalty: float = Field(-1.0, le=0)
-    max_len: int | None = Field(None, ge=1)
-    model: str | None = None
-    url: str | None = None
-    timeout_s: float = Field(30.0, gt=0)
+    ngram_size: int = _param_of("repetition_penalty", 3, ge=1)
+    max_penalty: float = _param_of("repetition_penalty", -1.0, le=0)
+    max_len: int | None = _param_of("cosine_scaled", None, ge=1)
+    model: str | None = _param_of("reward_model", None)
+    url: str | None = _param_of("http", None)
+    timeout_s: float = _param_of("http", 30.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -362,7 +352,15 @@ class RewardFuncSpec(StrictModel):
         return self
 
 
-assert set(RewardFuncSpec.model_fields["name"].annotation.__args__) == set(REWARD_FUNCS)  # type: ignore[union-attr]
+# The parameters each reward reads (from the fields' own `reward` marks); any other one set on it is refused.
+REWARD_PARAMS: dict[str, frozenset[str]] = {
+    name: frozenset(
+        field
+        for field, info in RewardFuncSpec.model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("reward") == name
+    )
+    for name in REWARD_FUNCS
+}
 
 
 def derive_overlong_lengths(func: dict[str, Any], max_completion_length: int) -> dict[str, Any]:
@@ -378,6 +376,3 @@ def derive_overlong_lengths(func: dict[str, Any], max_completion_length: int) ->
     if out.get("soft_punish_cache") is None:
         out["soft_punish_cache"] = max_completion_length // 5
     return out
-
-
-assert set(REWARD_PARAMS) == set(REWARD_FUNCS)

@@ -4,12 +4,12 @@ hyperparameters; everything else says what to train on and where."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from engine.spec.base import (
-    BUILTIN_DATASET_ALGORITHMS,
+    BUILTIN_DATASETS,
     TINY_ARCHS,
     DatasetSpec,
     DistributedSpec,
@@ -40,17 +40,21 @@ from engine.spec.offline import (
 )
 from engine.spec.precision import check_precision, precision_of
 
-# Algorithms the engine trains today; the others validate (so every paper-index block is accepted)
-# but are refused at submission with a clear message until their loops land.
-RUNNABLE_ALGORITHMS = frozenset(
-    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "papo", "rloo", "gkd", "gold", "minillm"}
-)
 # Model references known to be text-only (image jobs need a vision-language model such as tiny:vlm).
 TEXT_ONLY_MODEL_PREFIXES = ("tiny:llama", "bundled:")
 IMAGE_BUILTINS = frozenset({"shapes"})
 
 
 class _JobBase(StrictModel):
+    """Fields every job has. Each algorithm's class adds its `algorithm` tag and `config`, and says (as class
+    variables) which `engine.algorithms` module trains it and which built-in sets have its row format. Every
+    list of algorithms (ALGORITHMS, CONFIG_CLASSES, RUNNABLE_ALGORITHMS, ...) is derived from these classes."""
+
+    # The engine.algorithms module that trains it; None: the spec validates (every paper-index block is
+    # accepted) but the job is refused at submission until its loop lands.
+    loop: ClassVar[str | None] = None
+    builtin_datasets: ClassVar[tuple[str, ...]] = ()
+
     name: str | None = Field(None, max_length=200, description="display name")
     model: str = Field(..., description="HF id, local path, 'bundled:smollm2-135m-instruct' or 'tiny:llama'")
     dataset: DatasetSpec
@@ -67,12 +71,12 @@ class _JobBase(StrictModel):
     @model_validator(mode="after")
     def _fits(self) -> _JobBase:
         algorithm = getattr(self, "algorithm", None)
+        fits = self.builtin_datasets
         for field, ds in (("dataset", self.dataset), ("eval_dataset", self.eval_dataset)):
-            if ds is not None and ds.builtin and algorithm not in BUILTIN_DATASET_ALGORITHMS[ds.builtin]:
-                fits = sorted(k for k, algos in BUILTIN_DATASET_ALGORITHMS.items() if algorithm in algos)
+            if ds is not None and ds.builtin and ds.builtin not in fits:
                 raise SpecError(
                     f"{field}.builtin",
-                    f"the built-in {ds.builtin!r} set does not fit algorithm {algorithm!r}; use one of {fits}",
+                    f"the built-in {ds.builtin!r} set does not fit algorithm {algorithm!r}; use one of {sorted(fits)}",
                 )
         cfg = getattr(self, "config", None)
         if (
@@ -101,6 +105,9 @@ class _JobBase(StrictModel):
 
 
 class _OnlineJob(_JobBase):
+    """Generates completions and scores them with `reward_funcs` while it trains."""
+
+    builtin_datasets = ("arithmetic",)
     reward_funcs: list[RewardFuncSpec] = Field(default_factory=lambda: [RewardFuncSpec(name="accuracy")])
 
     @model_validator(mode="before")
@@ -139,67 +146,95 @@ class _OnlineJob(_JobBase):
         return self
 
 
+class _DistillJob(_JobBase):
+    """Trains the student on a teacher's token distributions (the teacher is in the config)."""
+
+    loop = "distill"
+    builtin_datasets = ("chat",)
+
+
 class SFTJob(_JobBase):
+    loop = "sft"
+    builtin_datasets = ("chat",)
     algorithm: Literal["sft"]
     config: SFTConfig = Field(default_factory=SFTConfig)
 
 
 class DPOJob(_JobBase):
+    loop = "dpo"
+    builtin_datasets = ("preferences",)
     algorithm: Literal["dpo"]
     config: DPOConfig = Field(default_factory=DPOConfig)
 
 
 class KTOJob(_JobBase):
+    loop = "kto"
+    builtin_datasets = ("preferences", "unpaired")
     algorithm: Literal["kto"]
     config: KTOConfig = Field(default_factory=KTOConfig)
 
 
 class BCOJob(_JobBase):
+    loop = "bco"
+    builtin_datasets = ("preferences", "unpaired")
     algorithm: Literal["bco"]
     config: BCOConfig = Field(default_factory=BCOConfig)
 
 
 class CPOJob(_JobBase):
+    loop = "cpo"
+    builtin_datasets = ("preferences",)
     algorithm: Literal["cpo"]
     config: CPOConfig = Field(default_factory=CPOConfig)
 
 
 class RewardJob(_JobBase):
+    loop = "reward"
+    builtin_datasets = ("preferences",)
     algorithm: Literal["reward"]
     config: RewardConfig = Field(default_factory=RewardConfig)
 
 
 class GRPOJob(_OnlineJob):
+    loop = "grpo"
+    builtin_datasets = ("arithmetic", "shapes")  # shapes: image prompts, for a vision-language model
     algorithm: Literal["grpo"]
     config: GRPOConfig = Field(default_factory=GRPOConfig)
 
 
 class GFPOJob(_OnlineJob):
+    loop = "grpo"
+    builtin_datasets = ("arithmetic", "shapes")
     algorithm: Literal["gfpo"]
     config: GFPOConfig = Field(default_factory=GFPOConfig)
 
 
 class PAPOJob(_OnlineJob):
+    loop = "papo"
+    builtin_datasets = ("shapes",)
     algorithm: Literal["papo"]
     config: PAPOConfig = Field(default_factory=PAPOConfig)
 
 
 class MiniLLMJob(_OnlineJob):
+    loop = "minillm"
     algorithm: Literal["minillm"]
     config: MiniLLMConfig = Field(default_factory=MiniLLMConfig)
 
 
 class RLOOJob(_OnlineJob):
+    loop = "rloo"
+    builtin_datasets = ("arithmetic", "shapes")
     algorithm: Literal["rloo"]
     config: RLOOConfig = Field(default_factory=RLOOConfig)
 
 
-class GKDJob(_JobBase):
+class GKDJob(_DistillJob):
     algorithm: Literal["gkd"]
     config: GKDConfig = Field(default_factory=GKDConfig)
 
 
-class GOLDJob(_JobBase):
+class GOLDJob(_DistillJob):
     algorithm: Literal["gold"]
     config: GOLDConfig = Field(default_factory=GOLDConfig)
 
@@ -220,38 +255,32 @@ JobSpec = Annotated[
     | GOLDJob,
     Field(discriminator="algorithm"),
 ]
-ALGORITHMS = (
-    "sft",
-    "dpo",
-    "kto",
-    "bco",
-    "cpo",
-    "reward",
-    "grpo",
-    "gfpo",
-    "papo",
-    "minillm",
-    "rloo",
-    "gkd",
-    "gold",
-)
-CONFIG_CLASSES: dict[str, type[StrictModel]] = {
-    "sft": SFTConfig,
-    "dpo": DPOConfig,
-    "kto": KTOConfig,
-    "bco": BCOConfig,
-    "cpo": CPOConfig,
-    "reward": RewardConfig,
-    "grpo": GRPOConfig,
-    "gfpo": GFPOConfig,
-    "papo": PAPOConfig,
-    "minillm": MiniLLMConfig,
-    "rloo": RLOOConfig,
-    "gkd": GKDConfig,
-    "gold": GOLDConfig,
+JOB_CLASSES: dict[str, type[_JobBase]] = {
+    get_args(cls.model_fields["algorithm"].annotation)[0]: cls for cls in get_args(get_args(JobSpec)[0])
 }
+ALGORITHMS = tuple(JOB_CLASSES)
+CONFIG_CLASSES: dict[str, type[StrictModel]] = {
+    name: cls.model_fields["config"].annotation for name, cls in JOB_CLASSES.items()
+}
+RUNNABLE_ALGORITHMS = frozenset(name for name, cls in JOB_CLASSES.items() if cls.loop is not None)
+ONLINE_ALGORITHMS = frozenset(name for name, cls in JOB_CLASSES.items() if issubclass(cls, _OnlineJob))
+DISTILL_ALGORITHMS = frozenset(name for name, cls in JOB_CLASSES.items() if issubclass(cls, _DistillJob))
+AlgorithmFamily = Literal["offline", "online", "distillation"]
 
-ONLINE_ALGORITHMS = frozenset({"grpo", "gfpo", "papo", "minillm", "rloo"})
+
+def family_of(algorithm: str) -> AlgorithmFamily:
+    """offline: learns from the dataset's rows; online: generates and scores completions with rewards;
+    distillation: learns a teacher's distributions, on sampled completions too."""
+    if algorithm in ONLINE_ALGORITHMS:
+        return "online"
+    return "distillation" if algorithm in DISTILL_ALGORITHMS else "offline"
+
+
+# built-in set -> the algorithms whose row format it has (a mismatch is a 422)
+BUILTIN_DATASET_ALGORITHMS: dict[str, frozenset[str]] = {
+    ds: frozenset(name for name, cls in JOB_CLASSES.items() if ds in cls.builtin_datasets)
+    for ds in BUILTIN_DATASETS
+}
 
 
 # Names that stand for "your model here" in examples (e.g. the paper index's "teacher-model"): a spec naming
@@ -317,8 +346,6 @@ def unsupported(spec: Any) -> SpecError | None:
         )
     return None
 
-
-DISTILL_ALGORITHMS = frozenset({"gkd", "gold"})
 
 # Options a GKD/GOLD config inherits (from SFT, or TRL's GOLD) that the distillation loop does not honour:
 # field -> (the values it may take, why, and what to do).

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_model_ref
-from engine.spec.names import DPO_LOSS_TYPES
+from engine.spec.names import DPO_LOSS_TYPES, CpoLossType, FDivergence, KtoLossType, SftLossType
 
 
 class BEMASpec(StrictModel):
@@ -25,7 +25,7 @@ class BEMASpec(StrictModel):
 
 class SFTConfig(TrainingArgs):
     learning_rate: float = Field(2e-5, gt=0)
-    loss_type: Literal["nll", "chunked_nll", "dft"] = "nll"
+    loss_type: SftLossType = "nll"
     max_length: int | None = Field(1024, ge=1)
     truncation_mode: Literal["keep_start", "keep_end"] = "keep_start"
     packing: bool = False
@@ -48,7 +48,7 @@ class DPOConfig(TrainingArgs):
     loss_weights: list[float] | None = None
     label_smoothing: float | None = Field(None, ge=0, lt=1, description="None: 0, or 1e-3 for exo_pair")
     discopop_tau: float = Field(0.05, gt=0)
-    f_divergence_type: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
+    f_divergence_type: FDivergence = "reverse_kl"
     f_alpha_divergence_coef: float = 0.5
     ld_alpha: float | None = Field(None, ge=0, le=1)
     use_weighting: bool = False
@@ -109,7 +109,7 @@ class DPOConfig(TrainingArgs):
 class KTOConfig(TrainingArgs):
     learning_rate: float = Field(1e-6, gt=0)
     beta: float = Field(0.1, gt=0)
-    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    loss_type: KtoLossType = "kto"
     desirable_weight: float = Field(1.0, ge=0)
     undesirable_weight: float = Field(1.0, ge=0)
     max_length: int | None = Field(1024, ge=1)
@@ -142,7 +142,7 @@ class CPOConfig(TrainingArgs):
     learning_rate: float = Field(1e-6, gt=0)
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = "sigmoid"
+    loss_type: CpoLossType = "sigmoid"
     cpo_alpha: float = Field(1.0, ge=0)
     simpo_gamma: float = 0.5
     alpha: float = 0.0

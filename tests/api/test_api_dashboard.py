@@ -13,7 +13,7 @@ import pytest
 import api.web
 from core.models import JobEvent
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS
-from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
 
 @pytest.mark.parametrize("path", ["/", "/docs", "/healthz", "/v1/jobs", "/v1/nothing", "/web/style.css"])
@@ -41,6 +41,8 @@ def test_algorithms_list_runnable_flags_and_fitting_sets(client, alice) -> None:
             k for k, v in BUILTIN_DATASET_ALGORITHMS.items() if name in v
         )
     assert algos["grpo"]["builtin_datasets"] == ["arithmetic"]
+    assert algos["gkd"]["builtin_datasets"] == ["chat"] and algos["gkd"]["family"] == "distillation"
+    assert (algos["rloo"]["family"], algos["kto"]["family"]) == ("online", "offline")
 
 
 def test_algorithm_schema_describes_the_config_with_defaults(client, alice) -> None:

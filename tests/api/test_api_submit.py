@@ -13,7 +13,7 @@ from api.main import create_app
 from core.models import Job, JobTransition
 from engine.presets import Preset
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS
-from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
 GRPO_SPEC = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
 

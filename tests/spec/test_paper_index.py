@@ -14,7 +14,7 @@ import pytest
 
 from engine.presets import apply_preset, load_presets
 from engine.spec import parse_job_spec
-from engine.spec.base import BUILTIN_DATASET_ALGORITHMS
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
 INDEX = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper-index.md"
 CONFIG_TO_ALGORITHM = {

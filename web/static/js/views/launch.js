@@ -60,7 +60,7 @@ export async function render(root, params) {
     formErrors.replaceChildren();
     review.hidden = true;
     const preset = body.preset ? presetById[body.preset] : null;
-    const algorithm = preset ? preset.algorithm : body.algorithm || "sft";
+    const algorithm = preset ? preset.algorithm : body.algorithm || algorithms.find((a) => a.runnable).id;
     const schema = await cached(`/v1/algorithms/${algorithm}/schema`);
     const props = schema.properties;
     const presetJob = (preset && preset.job) || {};

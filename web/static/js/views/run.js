@@ -42,6 +42,9 @@ function levelOf(ev) {
 
 export async function render(root, params) {
   const id = params.id;
+  // Which algorithms log samples: the server says each one's family (offline runs log none).
+  const { algorithms } = await cached("/v1/algorithms").catch(() => ({ algorithms: [] }));
+  const familyOf = Object.fromEntries(algorithms.map((a) => [a.id, a.family]));
   const state = { job: null, events: [], eventsAfter: 0, samples: new Map(), samplesAfter: 0, sampleStep: null,
     followSamples: true, level: "", stopped: false, timer: null, streaming: false, noStream: false, abort: null };
 
@@ -124,7 +127,7 @@ export async function render(root, params) {
   function renderSamples() {
     const steps = [...state.samples.keys()].sort((a, b) => a - b);
     if (!steps.length) {
-      samples.hidden = state.job && !["grpo", "gfpo", "rloo", "papo", "minillm", "gkd", "gold"].includes(state.job.algorithm);
+      samples.hidden = state.job && (familyOf[state.job.algorithm] ?? "offline") === "offline";
       samplesBody.replaceChildren(h("p", { class: "muted", text: "No samples yet: online runs log generated completions as they train." }));
       return;
     }
