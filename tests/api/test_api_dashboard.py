@@ -40,7 +40,7 @@ def test_algorithms_list_runnable_flags_and_fitting_sets(client, alice) -> None:
         assert algo["builtin_datasets"] == sorted(
             k for k, v in BUILTIN_DATASET_ALGORITHMS.items() if name in v
         )
-    assert algos["grpo"]["builtin_datasets"] == ["arithmetic"]
+    assert algos["grpo"]["builtin_datasets"] == ["arithmetic", "shapes"]
     assert algos["gkd"]["builtin_datasets"] == ["chat"] and algos["gkd"]["family"] == "distillation"
     assert (algos["rloo"]["family"], algos["kto"]["family"]) == ("online", "offline")
 

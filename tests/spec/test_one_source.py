@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS, parse_job_spec, unsupported
 from engine.spec.base import BUILTIN_DATASETS
 from engine.spec.grpo import REWARD_PARAMS, RewardFuncSpec
-from engine.spec.job import BUILTIN_DATASET_ALGORITHMS, JOB_CLASSES, family_of
+from engine.spec.job import BUILTIN_DATASET_ALGORITHMS, IMAGE_BUILTINS, JOB_CLASSES, family_of
 from engine.spec.names import REWARD_FUNCS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,8 @@ TEACHER = {"teacher_model_name_or_path": "tiny:llama"}
 
 def _job(algorithm: str, builtin: str) -> dict:
     config = TEACHER if algorithm in ("gkd", "gold", "minillm") else {}
-    return {"algorithm": algorithm, "model": "tiny:llama", "dataset": {"builtin": builtin}, "config": config}
+    model = "tiny:vlm" if builtin in IMAGE_BUILTINS else "tiny:llama"
+    return {"algorithm": algorithm, "model": model, "dataset": {"builtin": builtin}, "config": config}
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -40,9 +41,7 @@ def test_a_builtin_set_is_accepted_exactly_when_the_job_class_names_it(algorithm
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_runnable_means_a_loop_module_exists_and_submission_agrees(algorithm):
-    spec = parse_job_spec(
-        _job(algorithm, BUILTIN_DATASET_ALGORITHMS and JOB_CLASSES[algorithm].builtin_datasets[0])
-    )
+    spec = parse_job_spec(_job(algorithm, JOB_CLASSES[algorithm].builtin_datasets[0]))
     problem = unsupported(spec)
     loop = JOB_CLASSES[algorithm].loop
     if algorithm in RUNNABLE_ALGORITHMS:
@@ -57,8 +56,10 @@ def test_the_engine_dispatches_from_the_same_classes():
 
     assert set(ALGORITHM_MODULES) == RUNNABLE_ALGORITHMS
     assert ALGORITHM_MODULES["gfpo"] == ALGORITHM_MODULES["grpo"] == "engine.algorithms.grpo"
-    with pytest.raises(ValueError, match="no training loop"):
-        get_algorithm("papo")
+    not_trained = [a for a in ALGORITHMS if a not in RUNNABLE_ALGORITHMS]
+    for name in not_trained:
+        with pytest.raises(ValueError, match="no training loop"):
+            get_algorithm(name)
 
 
 def test_families():
