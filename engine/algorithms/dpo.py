@@ -195,6 +195,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         out = dpo_loss(pb, loss_cfg, num_pairs, num_chosen_tokens, state)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)
+        metrics.add_sum("train/num_tokens", float(tokens.num_tokens))  # chosen + rejected targets
         return out.loss
 
     def state_dict() -> dict[str, Any]:

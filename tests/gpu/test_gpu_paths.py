@@ -1,4 +1,4 @@
-"""The GPU paths: bf16 training on CUDA, chunked log-probs in bf16, vLLM generation inside a GRPO job.
+"""The GPU paths: bf16, pure-bf16 and fp16 (loss-scaled) training on CUDA, chunked log-probs in bf16, vLLM generation inside a GRPO job.
 
 Skipped without CUDA (CI has none). On a GPU machine: `python -m pytest -m gpu tests/gpu -q`; the vLLM test
 also needs the `gpu` extra installed.
@@ -30,6 +30,17 @@ def test_bf16_sft_trains_on_cuda(tmp_path):
         e["metrics"]["train/loss"] for e in events if e["type"] == "metrics" and "train/loss" in e["metrics"]
     ]
     assert all(loss == loss for loss in losses) and len(losses) == 5  # finite, one per step
+
+
+@pytest.mark.parametrize("precision", ["fp16-autocast", "bf16-pure"])
+def test_fp16_with_loss_scaling_and_pure_bf16_train_on_cuda(tmp_path, precision):
+    spec = tiny_spec("dpo", "preferences", max_steps=3, learning_rate=1e-3, precision=precision)
+    code, events, stderr = run_subprocess({**spec, "hardware": GPU}, tmp_path)
+    assert code == 0, stderr[-2000:]
+    started = next(e["message"] for e in events if e["type"] == "log" and "device=" in e["message"])
+    assert "device=cuda" in started and f"precision={precision}" in started
+    losses = [e["metrics"]["train/loss"] for e in events if e["type"] == "metrics"]
+    assert len(losses) == 3 and all(loss == loss and abs(loss) < 1e4 for loss in losses)
 
 
 def test_chunked_logprobs_in_bf16_match_float32():
