@@ -36,10 +36,11 @@ test: install              ## the whole suite, slow training tests included
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration and not e2e" $(PYTEST_ARGS)
 
-lint: install              ## ruff and the import contracts (their settings: pyproject.toml)
+lint: install              ## ruff, the import contracts and mypy (their settings: pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

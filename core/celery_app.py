@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -98,7 +98,7 @@ def make_celery(settings: Settings) -> Celery:
         # The worker imports its task module itself; a bare `celery -A core.celery_app worker` works too.
         imports=("worker.tasks",),
     )
-    app.papertrain_settings = settings  # type: ignore[attr-defined]  # read by the task at run time
+    app.papertrain_settings = settings  # read by the task at run time
     if settings.broker_url.startswith("sqla+sqlite:///"):
         _prepare_sqlite_broker(app)
     return app

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"papertrain {argv[0]}: a client command; install the SDK: pip install ./sdk", file=sys.stderr
             )
             return 2
-        return client_main(argv)
+        return int(client_main(argv))
     args = build_parser().parse_args(argv)
     settings = get_settings()
     from core.db import NotMigratedError

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class AlreadyRunning(RuntimeError):
     """`papertrain up` while another embedded worker for the same queues and var_dir is alive."""
 
 
-def settings_env(settings: Any) -> dict[str, str]:
+def settings_env(settings: Settings) -> dict[str, str]:
     """The `PAPERTRAIN_*` variables that rebuild `settings` in a child process."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump().items():
@@ -42,7 +43,7 @@ def settings_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def worker_lock(settings: Any, queues: str) -> Path:
+def worker_lock(settings: Settings, queues: str) -> Path:
     """One embedded worker per queue set and var_dir: the lock its worker holds while it runs."""
     return Path(settings.var_dir) / f"worker-{queues.replace(',', '+')}.lock"
 
@@ -52,7 +53,7 @@ def worker_command(queues: str = "cpu", lock: Path | None = None) -> list[str]:
     return [*cmd, "--lock", str(lock)] if lock else cmd
 
 
-def start_worker(settings: Any, queues: str = "cpu") -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, queues: str = "cpu") -> subprocess.Popen[bytes]:
     """Start a worker child process with `settings` (its output goes to this terminal)."""
     env = {**os.environ, **settings_env(settings)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -80,7 +81,7 @@ def _watch(proc: subprocess.Popen[bytes], stopping: threading.Event) -> None:
         )
 
 
-def run_embedded(settings: Any, *, queues: str = "cpu") -> int:
+def run_embedded(settings: Settings, *, queues: str = "cpu") -> int:
     """Run worker + api until Ctrl-C / SIGTERM; returns the worker's exit code."""
     import uvicorn
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("papertrain", "api", "worker", "core", "engine")
@@ -42,3 +43,9 @@ def test_everything_the_api_and_the_spec_import_loads_no_training_library() -> N
     done = _run("-c", code, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
+def test_mypy_finds_no_errors_in_the_typed_layers() -> None:
+    done = _run("-m", "mypy", timeout=900)  # which packages, and how strict: [tool.mypy] in pyproject.toml
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]

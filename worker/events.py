@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import EventKind, Job, JobEvent, utcnow
@@ -160,13 +160,12 @@ class EventRecorder:
                 first_step[kind] = min(step, first_step.get(kind, step))
         deleted = 0
         for kind, step in first_step.items():
-            result = session.execute(
-                delete(JobEvent).where(
-                    JobEvent.job_id == self.job_id,
-                    JobEvent.kind == kind,
-                    JobEvent.step >= step,
-                    JobEvent.id <= self._earlier_max_id,
-                )
+            stale = delete(JobEvent).where(
+                JobEvent.job_id == self.job_id,
+                JobEvent.kind == kind,
+                JobEvent.step >= step,
+                JobEvent.id <= self._earlier_max_id,
             )
+            result = cast("CursorResult[Any]", session.execute(stale))  # a DELETE's result counts its rows
             deleted += result.rowcount or 0
         return deleted

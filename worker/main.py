@@ -25,11 +25,12 @@ from celery import signals
 
 from core.celery_app import make_celery
 from core.db import check_migrated, get_engine
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _queues(queues: str | Sequence[str] | None, settings: Any) -> list[str]:
+def _queues(queues: str | Sequence[str] | None, settings: Settings) -> list[str]:
     if queues is None:
         return list(settings.queues)
     if isinstance(queues, str):
@@ -71,7 +72,7 @@ def _announce(session_factory: Any, queues: list[str], interval_s: float, stop: 
 
 
 def run_worker(
-    settings: Any,
+    settings: Settings,
     queues: str | Sequence[str] | None = None,
     *,
     loglevel: str = "INFO",

@@ -35,6 +35,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.models import Job, utcnow
+from core.settings import Settings
 from core.states import JobStatus
 from engine.errors import scrub
 from worker.events import EventRecorder
@@ -106,7 +107,7 @@ class EngineRunner:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         job_id: str,
         *,
         worker_id: str,

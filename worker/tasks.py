@@ -33,6 +33,7 @@ from core.celery_app import RUN_JOB_TASK
 from core.db import get_engine
 from core.models import Job, JobEvent, utcnow
 from core.queue import Sender, enqueue_job
+from core.settings import Settings
 from core.states import InvalidTransition, JobStatus
 from core.transitions import transition
 from worker.runner import EngineRunner, RunResult
@@ -75,7 +76,7 @@ def run_job(self: Any, job_id: str) -> str:
 
 
 def execute_job(
-    settings: Any,
+    settings: Settings,
     job_id: str,
     *,
     worker_id: str | None = None,
@@ -135,7 +136,7 @@ def execute_job(
 
 
 def _claim(
-    factory: Callable[[], Session], settings: Any, job_id: str, worker_id: str
+    factory: Callable[[], Session], settings: Settings, job_id: str, worker_id: str
 ) -> dict[str, Any] | None:
     """queued -> running for this worker; None (and nothing changed) if the job is not runnable."""
     with factory() as session, session.begin():
@@ -180,7 +181,7 @@ def _claim(
         }
 
 
-def _make_tracker(settings: Any, claimed: dict[str, Any]) -> MlflowTracker | None:
+def _make_tracker(settings: Settings, claimed: dict[str, Any]) -> MlflowTracker | None:
     spec = claimed["spec_resolved"] or {}
     try:
         return MlflowTracker(

@@ -291,17 +291,17 @@ class MlflowTracker:
     def _experiment_id(self, client: Any) -> str:
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
-            return found.experiment_id
+            return str(found.experiment_id)
         location = None  # a server decides where artifacts live and serves them
         if not self.tracking_uri.startswith(("http://", "https://")):
             location = (self.artifact_root / self.experiment).resolve().as_uri()
         try:
-            return client.create_experiment(self.experiment, artifact_location=location)
+            return str(client.create_experiment(self.experiment, artifact_location=location))
         except Exception:  # another worker created it first
             found = client.get_experiment_by_name(self.experiment)
             if found is None:
                 raise
-            return found.experiment_id
+            return str(found.experiment_id)
 
     def _log_params(self, client: Any) -> None:
         from mlflow.entities import Param

@@ -59,7 +59,7 @@ def get_algorithm_schema(_user: PrincipalDep, algorithm: str) -> dict[str, Any]:
             f"no algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}",
             param="algorithm",
         )
-    schema = classes[algorithm].model_json_schema()
+    schema: dict[str, Any] = classes[algorithm].model_json_schema()
     describe(schema.get("$defs", {}))
     describe({classes[algorithm].__name__: schema})
     return schema

@@ -176,7 +176,7 @@ def list_job_events(
     kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else None
     events, has_more = service.list_events(session, user, job_id, after=after, limit=limit, kinds=kinds)
     return EventPage(
-        events=events,  # type: ignore[arg-type]  # ORM rows, read through from_attributes
+        events=events,  # ORM rows, read through from_attributes
         next_cursor=events[-1].id if events else after,
         has_more=has_more,
     )

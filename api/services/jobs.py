@@ -271,7 +271,7 @@ def submit_job(
         )
     enqueue(session, job)
     session.commit()
-    job.warnings = [warning] if warning is not None else []  # shown in this response only
+    job.warnings = [warning] if warning is not None else []  # type: ignore[attr-defined]  # this response only
     return job
 
 

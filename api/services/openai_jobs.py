@@ -162,7 +162,7 @@ def _grader_rewards(grader: Any) -> list[dict[str, Any]]:
 
 def to_spec(
     session: Session, user: User, req: dict[str, Any], settings: Settings
-) -> tuple[dict[str, Any], dict]:
+) -> tuple[dict[str, Any], dict[str, str]]:
     """A papertrain job body for an OpenAI create request, and the map from spec params back to request
     params (for errors)."""
     for key in req:
@@ -208,7 +208,7 @@ def to_spec(
             config["learning_rate"] = default * value
             back["config.learning_rate"] = f"{prefix}.{key}"
             continue
-        name = RENAMED.get(key, key)
+        name = RENAMED.get(str(key), str(key))  # JSON object keys
         config[name] = value
         back[f"config.{name}"] = f"{prefix}.{key}"
     if "seed" in req and req["seed"] is not None:
@@ -345,7 +345,7 @@ def _event_object(ev: JobEvent) -> dict[str, Any]:
 
 def list_events(
     session: Session, user: User, job_id: str, after: str | None, limit: int
-) -> tuple[list, bool]:
+) -> tuple[list[dict[str, Any]], bool]:
     """Newest first; `after` is an event id from a previous page (older events come next)."""
     job_service.get_job(session, user, job_id)
     query = select(JobEvent).where(JobEvent.job_id == job_id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +53,11 @@ def _poll(engine: Engine, job_id: str, after: int) -> tuple[list[str], int, bool
 
 
 async def event_stream(
-    engine: Engine, job_id: str, after: int, heartbeat_s: float, is_disconnected=None
+    engine: Engine,
+    job_id: str,
+    after: int,
+    heartbeat_s: float,
+    is_disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[str]:
     yield f"retry: {int(POLL_S * 2000)}\n\n"
     last_sent = time.monotonic()

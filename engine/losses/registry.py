@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from torch import Tensor
 
 FAMILIES = ("policy", "dpo", "kto", "bco", "cpo", "reward", "sft", "distill")
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound="Callable[..., LossOutput]")
 
-_REGISTRIES: dict[str, dict[str, Callable[..., Any]]] = {family: {} for family in FAMILIES}
+_REGISTRIES: dict[str, dict[str, Callable[..., LossOutput]]] = {family: {} for family in FAMILIES}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def register(family: str, *names: str) -> Callable[[F], F]:
     return decorate
 
 
-def get_loss(family: str, name: str) -> Callable[..., Any]:
+def get_loss(family: str, name: str) -> Callable[..., LossOutput]:
     """The function registered as `name` in `family`; raises `UnknownLossError` listing the known names."""
     if family not in _REGISTRIES:
         raise UnknownLossError(f"unknown loss family {family!r}; known: {list(FAMILIES)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 # loops that use it. Counts named like steps, lengths or batch sizes get tighter ceilings.
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e9
-NAMED_LIMITS = (  # (name predicate, ceiling, what it counts)
+NAMED_LIMITS: tuple[tuple[Callable[[str], bool], int, str], ...] = (  # (name predicate, ceiling, what)
     (lambda n: n.endswith("_steps") or n == "num_iterations", 10_000_000, "steps"),
     (lambda n: n.endswith(("_length", "_len", "_cache")) or n == "max_new_tokens", 1_048_576, "tokens"),
     (lambda n: n.endswith("_batch_size") or n.startswith("num_generations"), 65_536, "items"),

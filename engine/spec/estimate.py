@@ -11,12 +11,12 @@ path or a hub dataset). Tokens are an upper bound: every sequence counted at its
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from engine.spec.base import BUILTIN_DEFAULT_ROWS
-from engine.spec.job import ONLINE_ALGORITHMS
+from engine.spec.grpo import GenerationArgs
+from engine.spec.job import JobSpec
 
 # Offline algorithms whose rows hold two sequences (chosen and rejected) trained side by side.
 _PAIRED = frozenset({"dpo", "cpo", "reward", "bco"})
@@ -33,7 +33,7 @@ class Estimate(BaseModel):
     basis: str = Field(description="how the numbers were derived")
 
 
-def _rows(spec: Any, rows: int | None) -> int | None:
+def _rows(spec: JobSpec, rows: int | None) -> int | None:
     if rows is not None:
         rows = min(rows, spec.dataset.num_rows) if spec.dataset.num_rows else rows
         return rows
@@ -42,11 +42,10 @@ def _rows(spec: Any, rows: int | None) -> int | None:
     return spec.dataset.num_rows
 
 
-def estimate_job(spec: Any, rows: int | None = None) -> Estimate:
+def estimate_job(spec: JobSpec, rows: int | None = None) -> Estimate:
     cfg = spec.config
     n = _rows(spec, rows)
-    online = spec.algorithm in ONLINE_ALGORITHMS
-    if online:
+    if isinstance(cfg, GenerationArgs):  # the online algorithms
         spg = cfg.effective_steps_per_generation
         completions = cfg.per_device_train_batch_size * spg
         micro_per_epoch = (

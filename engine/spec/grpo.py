@@ -247,7 +247,7 @@ class GFPOConfig(GRPOConfig):
 
 
 class PAPOConfig(GRPOConfig):
-    loss_type: Literal["grpo", "dapo"] = "grpo"  # type: ignore[assignment]
+    loss_type: Literal["grpo", "dapo"] = "grpo"
     perception_loss_weight: float = 0.1
     mask_ratio: float = Field(0.3, ge=0, le=1)
     mask_type: Literal["random", "patch", "grid"] = "random"
@@ -337,7 +337,12 @@ class RewardFuncSpec(StrictModel):
     @model_validator(mode="after")
     def _params(self) -> RewardFuncSpec:
         cache, limit = self.soft_punish_cache, self.max_completion_len
-        if self.name == "soft_overlong_punishment" and None not in (cache, limit) and cache > limit:
+        if (
+            self.name == "soft_overlong_punishment"
+            and cache is not None
+            and limit is not None
+            and cache > limit
+        ):
             raise SpecError(
                 "soft_punish_cache",
                 f"soft_punish_cache={cache} must not exceed max_completion_len={limit} "

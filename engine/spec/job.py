@@ -4,7 +4,7 @@ hyperparameters; everything else says what to train on and where."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, cast, get_args
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
@@ -107,7 +107,7 @@ class _JobBase(StrictModel):
 class _OnlineJob(_JobBase):
     """Generates completions and scores them with `reward_funcs` while it trains."""
 
-    builtin_datasets = ("arithmetic",)
+    builtin_datasets: ClassVar[tuple[str, ...]] = ("arithmetic",)
     reward_funcs: list[RewardFuncSpec] = Field(default_factory=lambda: [RewardFuncSpec(name="accuracy")])
 
     @model_validator(mode="before")
@@ -123,7 +123,8 @@ class _OnlineJob(_JobBase):
             else getattr(config, "max_completion_length", None)
         )
         if budget is None:
-            budget = cls.model_fields["config"].annotation.model_fields["max_completion_length"].default
+            config_class: Any = cls.model_fields["config"].annotation
+            budget = config_class.model_fields["max_completion_length"].default
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             return data  # the config's own validation names the field
         funcs = [
@@ -260,7 +261,8 @@ JOB_CLASSES: dict[str, type[_JobBase]] = {
 }
 ALGORITHMS = tuple(JOB_CLASSES)
 CONFIG_CLASSES: dict[str, type[StrictModel]] = {
-    name: cls.model_fields["config"].annotation for name, cls in JOB_CLASSES.items()
+    name: cast("type[StrictModel]", cls.model_fields["config"].annotation)
+    for name, cls in JOB_CLASSES.items()
 }
 RUNNABLE_ALGORITHMS = frozenset(name for name, cls in JOB_CLASSES.items() if cls.loop is not None)
 ONLINE_ALGORITHMS = frozenset(name for name, cls in JOB_CLASSES.items() if issubclass(cls, _OnlineJob))
@@ -530,15 +532,15 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
     return None
 
 
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+_ADAPTER: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
 
 
-def parse_job_spec(data: dict[str, Any]) -> Any:
+def parse_job_spec(data: dict[str, Any]) -> JobSpec:
     """Validate a raw dict into one of the job classes (raises pydantic.ValidationError)."""
     return _ADAPTER.validate_python(data)
 
 
-def resolve(spec: Any) -> dict[str, Any]:
+def resolve(spec: JobSpec) -> dict[str, Any]:
     """The fully expanded config the engine sees: every default written out (JSON-safe), the precision
     mode included (`config.precision`, derived from the other settings when unset)."""
     resolved = spec.model_dump(mode="json")

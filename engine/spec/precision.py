@@ -48,7 +48,7 @@ def precision_of(spec: Any) -> str:
     """The precision mode a (validated) job spec trains in."""
     explicit = getattr(spec.config, "precision", None)
     if explicit is not None:
-        return explicit
+        return str(explicit)
     flags = _flags(spec)
     if flags:
         return flags[0][1]
