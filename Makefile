@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install up migrate test test-fast lint format bench bench-full clean deploy-tools deploy-check vllm-cpu deepspeed
+.PHONY: install up migrate test test-fast lint format bench bench-full bench-reference clean deploy-tools deploy-check vllm-cpu deepspeed
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: install             ## speed workloads, tiny model and SmolLM2, every pre
 
 bench-full: install        ## the numbers of docs/benchmarks.md: more steps, every benchmark
 	$(BIN)/python -m bench --full
+
+bench-reference: install   ## the speed workloads side by side with the reference trainers (installs TRL)
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[bench]'
+	$(BIN)/python -m bench.reference_runs
 
 # vLLM for CPU rollouts lives in its own venv (it pins versions that conflict with the main one), kept in the
 # user's cache so that checkouts share one build; the path is the default of the `vllm_python` setting.
