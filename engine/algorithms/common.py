@@ -52,17 +52,6 @@ def choose_device(spec: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def choose_dtype(cfg: Any, device: torch.device) -> torch.dtype:
-    """The compute dtype of a config's TRL-style flags alone: `fp16` -> float16; `bf16` None -> bfloat16 on
-    CUDA, float32 on CPU. Jobs use their spec's precision mode (`TrainContext.for_spec`)."""
-    if getattr(cfg, "fp16", False):
-        return torch.float16
-    bf16 = getattr(cfg, "bf16", None)
-    if bf16 is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if bf16 else torch.float32
-
-
 @dataclass
 class TrainContext:
     """Everything a loop needs besides the spec's own fields. `stop` is set by the SIGTERM handler."""

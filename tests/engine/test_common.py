@@ -9,7 +9,6 @@ from engine.algorithms.common import (
     StepMetrics,
     build_optimizer,
     build_scheduler,
-    choose_dtype,
     plan_epoch,
     total_optimizer_steps,
 )
@@ -62,14 +61,6 @@ def test_step_metrics_sums_means_and_averages_over_steps():
     out = m.compute()
     assert out == pytest.approx({"train/loss": 1.0, "x/mean": 2.0, "train/learning_rate": 0.1})
     assert m.compute() == {}  # reset
-
-
-def test_dtype_choice():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose_dtype(SFTConfig(), cpu) == torch.float32
-    assert choose_dtype(SFTConfig(), cuda) == torch.bfloat16
-    assert choose_dtype(SFTConfig(bf16=True), cpu) == torch.bfloat16
-    assert choose_dtype(SFTConfig(bf16=False), cuda) == torch.float32
 
 
 def test_optimizer_skips_decay_on_biases_and_norms_and_schedule_warms_up(tiny_model):

@@ -120,6 +120,28 @@ def test_policy_and_reference_dtypes_follow_the_mode(tmp_path, config, policy_dt
     assert autocasting == (config.get("bf16") is True)
 
 
+@pytest.mark.parametrize(
+    "precision,teacher_dtype",
+    [("float32", torch.float32), ("bf16-autocast", torch.bfloat16), ("bf16-pure", torch.bfloat16)],
+)
+def test_teacher_dtype_follows_the_mode(tmp_path, precision, teacher_dtype):
+    from engine.algorithms.distill import load_teacher
+
+    job = {
+        "algorithm": "gkd",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "chat"},
+        "config": {"teacher_model_name_or_path": "tiny:llama", "precision": precision},
+    }
+    spec = parse_job_spec(job)
+    ctx = TrainContext.for_spec(spec, tmp_path)
+    teacher = load_teacher(spec, ctx, build_tiny_tokenizer())
+    assert {p.dtype for p in teacher.parameters()} == {teacher_dtype}
+    assert {p.dtype for p in load_policy(spec, ctx.device, ctx.dtype).parameters()} == {
+        torch.bfloat16 if precision == "bf16-pure" else torch.float32
+    }
+
+
 def test_bf16_pure_lora_adapters_train_in_bf16():
     spec = parse_job_spec(
         _job({"precision": "bf16-pure"}, peft_config={"r": 4, "target_modules": ["q_proj"]})
