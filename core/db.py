@@ -17,8 +17,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+# Alembic finds the migration scripts through the installed `core` package, wherever it is installed.
+MIGRATIONS = "core:migrations"
 MIGRATE_COMMAND = "papertrain migrate"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -82,12 +82,12 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 def alembic_config(url: str | None = None) -> Any:
-    """Alembic's Config for this repository's migrations, pointed at `url` when given."""
+    """Alembic's Config for the platform's migrations (`core/migrations`), pointed at `url` when given."""
     from alembic.config import Config
 
-    cfg = Config(str(ALEMBIC_INI))
-    cfg.attributes["configure_logger"] = False  # called from our processes: leave their logging alone
-    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg = Config()  # no ini file: called from our processes, whose logging stays as it is
+    cfg.attributes["configure_logger"] = False
+    cfg.set_main_option("script_location", MIGRATIONS)
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolation
     return cfg

@@ -3,7 +3,7 @@ stream, uploaded dataset files.
 
 Status and event kinds are plain string columns validated in Python (no database enum types, so adding a
 value never needs a migration). Timestamps are always timezone-aware UTC, on SQLite too. The schema is
-created by Alembic (`migrations/`), never by `create_all` in production code.
+created by Alembic (`core/migrations/`), never by `create_all` in production code.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 # The API image: REST API + dashboard, `papertrain migrate` and `papertrain create-token`. No torch: the
-# API only imports the torch-free job spec, so its libraries come from docker/requirements-api.txt
-# instead of the package's training dependencies.
+# API only imports the torch-free job spec, so it installs the package's dependencies without extras
+# (training libraries are the `engine` extra), at the versions of docker/constraints-api.txt.
 # Build from the repository root: docker build -f docker/api.Dockerfile -t papertrain-api .
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-COPY docker/requirements-api.txt /tmp/requirements-api.txt
-RUN /opt/venv/bin/pip install -r /tmp/requirements-api.txt \
+COPY docker/constraints-api.txt /tmp/constraints-api.txt
+COPY pyproject.toml README.md /src/
+# Installs the dependencies pyproject.toml lists, then drops the package itself: the code runs from /app.
+RUN mkdir -p /src/api /src/core /src/engine /src/worker /src/papertrain \
+    && /opt/venv/bin/pip install -c /tmp/constraints-api.txt /src \
+    && /opt/venv/bin/pip uninstall -y papertrain \
     && printf '#!/bin/sh\nexec python -m papertrain "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
 
@@ -23,10 +27,9 @@ FROM python:3.11.14-slim-bookworm
 RUN groupadd --system --gid 10001 papertrain \
     && useradd --system --uid 10001 --gid papertrain --home-dir /var/lib/papertrain --create-home papertrain
 COPY --from=build /opt/venv /opt/venv
-# The code runs from /app (the dashboard, alembic.ini and the migrations are found next to it).
+# The code runs from /app (the dashboard is found next to it, the migrations inside core/).
 WORKDIR /app
-COPY alembic.ini pyproject.toml ./
-COPY migrations ./migrations
+COPY pyproject.toml ./
 COPY web ./web
 COPY --from=web /web/node_modules ./web/node_modules
 COPY api ./api

@@ -8,9 +8,9 @@ RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu t
     && echo "torch==2.13.0" > /opt/venv/constraints.txt
 COPY docker/constraints-worker.txt /tmp/constraints-worker.txt
 COPY pyproject.toml README.md /src/
-# Installs the dependencies pyproject.toml lists, then drops the package itself: the code runs from /app.
+# Installs the dependencies pyproject.toml lists (with the worker extra), then drops the package itself: the code runs from /app.
 RUN mkdir -p /src/api /src/core /src/engine /src/worker /src/papertrain \
-    && /opt/venv/bin/pip install -c /opt/venv/constraints.txt -c /tmp/constraints-worker.txt /src \
+    && /opt/venv/bin/pip install -c /opt/venv/constraints.txt -c /tmp/constraints-worker.txt "/src[worker]" \
     && /opt/venv/bin/pip uninstall -y papertrain \
     && printf '#!/bin/sh\nexec python -m papertrain "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
@@ -20,8 +20,7 @@ RUN groupadd --system --gid 10001 papertrain \
     && useradd --system --uid 10001 --gid papertrain --home-dir /var/lib/papertrain --create-home papertrain
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY alembic.ini pyproject.toml ./
-COPY migrations ./migrations
+COPY pyproject.toml ./
 COPY api ./api
 COPY core ./core
 COPY engine ./engine

@@ -10,10 +10,10 @@ RUN /opt/venv/bin/pip install torch==2.13.0 \
     && echo "torch==2.13.0" > /opt/venv/constraints.txt
 COPY docker/constraints-worker-gpu.txt /tmp/constraints-worker.txt
 COPY pyproject.toml README.md /src/
-# Installs the dependencies pyproject.toml lists (with the gpu extra), then drops the package itself:
+# Installs the dependencies pyproject.toml lists (with the worker and gpu extras), then drops the package itself:
 # the code runs from /app.
 RUN mkdir -p /src/api /src/core /src/engine /src/worker /src/papertrain \
-    && /opt/venv/bin/pip install -c /opt/venv/constraints.txt -c /tmp/constraints-worker.txt "/src[gpu]" \
+    && /opt/venv/bin/pip install -c /opt/venv/constraints.txt -c /tmp/constraints-worker.txt "/src[worker,gpu]" \
     && /opt/venv/bin/pip uninstall -y papertrain \
     && printf '#!/bin/sh\nexec python -m papertrain "$@"\n' > /opt/venv/bin/papertrain \
     && chmod 0755 /opt/venv/bin/papertrain
@@ -23,8 +23,7 @@ RUN groupadd --system --gid 10001 papertrain \
     && useradd --system --uid 10001 --gid papertrain --home-dir /var/lib/papertrain --create-home papertrain
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY alembic.ini pyproject.toml ./
-COPY migrations ./migrations
+COPY pyproject.toml ./
 COPY api ./api
 COPY core ./core
 COPY engine ./engine

@@ -1,5 +1,6 @@
 """The images' Dockerfiles: hadolint clean, pinned bases, a non-root user and a health check in every final
-stage; the API image installs everything the API and its commands import, and no torch."""
+stage; the API image installs the package's dependencies without extras, which cover everything the API and
+its commands import, pinned, and hold no torch."""
 
 from __future__ import annotations
 
@@ -7,12 +8,29 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 from deploy_testkit import REPO
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
-API_REQUIREMENTS = REPO / "docker" / "requirements-api.txt"
+API_CONSTRAINTS = REPO / "docker" / "constraints-api.txt"
+TRAINING = {"torch", "transformers", "peft", "accelerate", "datasets", "mlflow", "vllm", "deepspeed"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement(text: str) -> tuple[str, frozenset[str]]:
+    match = re.match(r"\s*([A-Za-z0-9_.\-]+)(?:\[([^\]]*)\])?", text)
+    assert match, text
+    return _norm(match.group(1)), frozenset(filter(None, (match.group(2) or "").split(",")))
+
+
+def _base_dependencies() -> set[tuple[str, frozenset[str]]]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {_requirement(req) for req in project["dependencies"]}
 
 
 def test_the_four_images_exist():
@@ -58,11 +76,8 @@ def _distribution_closure(names: set[tuple[str, frozenset[str]]]) -> set[str]:
     """`names` and everything they require (without extras), as normalised distribution names."""
     from importlib import metadata
 
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
     seen: set[str] = set()
-    todo = [(norm(n), extras) for n, extras in names]
+    todo = list(names)
     while todo:
         name, extras = todo.pop()
         if name in seen:
@@ -77,13 +92,21 @@ def _distribution_closure(names: set[tuple[str, frozenset[str]]]) -> set[str]:
             wanted = re.findall(r'extra\s*==\s*"([^"]+)"', marker)
             if wanted and not set(wanted) & extras:
                 continue
-            match = re.match(r"\s*([A-Za-z0-9_.\-]+)(?:\[([^\]]*)\])?", head)
-            todo.append((norm(match.group(1)), frozenset(filter(None, (match.group(2) or "").split(",")))))
+            todo.append(_requirement(head))
     return seen
 
 
+def test_the_package_without_extras_installs_no_training_library_and_the_api_image_pins_it():
+    base = _base_dependencies()
+    assert not {name for name, _ in base} & TRAINING, "training libraries belong in the engine/worker extras"
+    pinned = {_norm(line.split("==")[0]) for line in API_CONSTRAINTS.read_text().splitlines() if "==" in line}
+    assert {name for name, _ in base} <= pinned, f"pin these in {API_CONSTRAINTS.name}"
+    text = (REPO / "docker" / "api.Dockerfile").read_text()
+    assert "-c /tmp/constraints-api.txt /src " in text  # the package's own list, no extras
+
+
 @pytest.mark.slow
-def test_api_requirements_cover_what_the_api_and_its_commands_import(tmp_path):
+def test_the_package_dependencies_cover_what_the_api_and_its_commands_import(tmp_path):
     # Import what the API image runs (the app, `papertrain migrate`, `create-token`) in a fresh interpreter
     # and name the distributions of every module it loaded beyond the interpreter's own start-up.
     code = f"""
@@ -103,12 +126,7 @@ print(json.dumps({{"heavy": [m for m in ('torch', 'transformers', 'mlflow', 'pef
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["heavy"] == []
-    listed = set()
-    for line in API_REQUIREMENTS.read_text().splitlines():
-        match = re.match(r"([A-Za-z0-9_.\-]+)(?:\[([^\]]*)\])?==", line)
-        if match:
-            listed.add((match.group(1), frozenset(filter(None, (match.group(2) or "").split(",")))))
-    covered = _distribution_closure(listed)
+    covered = _distribution_closure(_base_dependencies())
     # Imported inside `try: ... except ImportError` when they happen to be installed: fastapi (OpenTelemetry),
     # SQLAlchemy/celery (greenlet), kombu (msgpack), billiard (psutil), anyio (sniffio). The package is /app.
     optional = {"papertrain", "greenlet", "msgpack", "psutil", "sniffio"}
@@ -116,4 +134,4 @@ print(json.dumps({{"heavy": [m for m in ('torch', 'transformers', 'mlflow', 'pef
     missing = {
         d for d in found["dists"] if re.sub(r"[-_.]+", "-", d).lower() not in covered and d not in optional
     }
-    assert missing == set(), f"add these to {API_REQUIREMENTS.name} (pinned): {sorted(missing)}"
+    assert missing == set(), f"add these to pyproject.toml's dependencies: {sorted(missing)}"

@@ -9,6 +9,7 @@ status as a string column), so the same revision runs on SQLite and PostgreSQL.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,7 +24,7 @@ Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _ts(name: str, nullable: bool = False) -> sa.Column:
+def _ts(name: str, nullable: bool = False) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
