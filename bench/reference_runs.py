@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import speed_runs
+from engine.process import die_with_parent
 
 
 def _model_folder(model_ref: str, folder: str) -> str:
@@ -118,7 +119,10 @@ def run(name: str, model: str, precision: str, quick: bool = False) -> dict:
         argv = ["--child", name, model, precision, str(steps), str(out)]
         with open(Path(tmp) / "log", "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.reference_runs", *argv], stdout=log, stderr=log
+                [sys.executable, "-m", "bench.reference_runs", *argv],
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,  # a stopped benchmark leaves no run behind
             )
             _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:

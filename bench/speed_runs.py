@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.process import die_with_parent
+
 MODELS = ("tiny:llama", "bundled:smollm2-135m-instruct")
 GRPO = {
     "algorithm": "grpo",
@@ -85,6 +87,7 @@ def run(name: str, model: str, precision: str, quick: bool = False) -> dict:
                 [sys.executable, "-m", "engine.train", "--spec", str(spec_path), "--out", tmp],
                 stdout=out,
                 stderr=err,
+                preexec_fn=die_with_parent,  # a stopped benchmark leaves no run behind
             )
             _, status, usage = os.wait4(proc.pid, 0)
         events = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
