@@ -100,6 +100,10 @@ class JobDetail(JobSummary):
     spec_resolved: dict[str, Any]
     output_dir: str | None
     mlflow_run_id: str | None
+    mlflow_run_url: str | None = Field(
+        None,
+        description="the run's page in the MLflow UI (set when the deployment names PAPERTRAIN_MLFLOW_UI_URL)",
+    )
     last_checkpoint: str | None
     worker_id: str | None
     heartbeat_at: datetime | None

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1, description="largest accepted dataset upload"
     )
+    mlflow_ui_url: str = Field(
+        default="",
+        description="address of the MLflow UI that users open (e.g. http://localhost:5000); the dashboard and "
+        "each job's mlflow_run_url link the job's MLflow run there. Empty: no link, the run id only",
+    )
     mlflow_log_checkpoints: bool = Field(
         default=True,
         description="copy every checkpoint into MLflow's artifact store (the final model is always copied); "
@@ -170,6 +175,12 @@ class Settings(BaseSettings):
     @property
     def queues(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    def mlflow_run_url(self, run_id: str | None) -> str | None:
+        """The MLflow UI page of a run (its direct-run route), or None without `mlflow_ui_url` or a run."""
+        if not self.mlflow_ui_url or not run_id:
+            return None
+        return f"{self.mlflow_ui_url.rstrip('/')}/#/runs/{run_id}"
 
     def ensure_dirs(self) -> None:
         """Create the local folders the platform writes to (idempotent)."""

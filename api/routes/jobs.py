@@ -18,6 +18,8 @@ from api.schemas import CheckpointList, DryRun, EventPage, JobDetail, JobList, J
 from api.services import idempotency
 from api.services import jobs as service
 from api.services.stream import event_stream
+from core.models import Job
+from core.settings import Settings
 
 # Query integers stay within a signed 64-bit column: larger ones are a 422, not a database error.
 MAX_QUERY_INT = 2**63 - 1
@@ -48,6 +50,12 @@ SPEC_EXAMPLES = {
 }
 
 
+def _detail(job: Job, settings: Settings) -> JobDetail:
+    """A job as the API shows it, with its MLflow UI link when the deployment has one."""
+    detail = JobDetail.model_validate(job)
+    return detail.model_copy(update={"mlflow_run_url": settings.mlflow_run_url(job.mlflow_run_id)})
+
+
 @router.post(
     "",
     status_code=201,
@@ -68,14 +76,14 @@ def create_job(
     the same key with another body is a 409."""
     key = idempotency.check_key(idempotency_key)
     if key is None:
-        return service.submit_job(session, user, body, settings)
+        return _detail(service.submit_job(session, user, body, settings), settings)
     digest = idempotency.json_digest(body)
     for _ in range(2):
         replay = idempotency.find(session, user, "jobs", key, digest)
         if replay is not None:
-            return service.get_job(session, user, replay)
+            return _detail(service.get_job(session, user, replay), settings)
         try:
-            return service.submit_job(session, user, body, settings, idempotency_key=key)
+            return _detail(service.submit_job(session, user, body, settings, idempotency_key=key), settings)
         except IntegrityError:  # a concurrent request with the same key won: replay its job
             session.rollback()
     raise ApiError(
@@ -135,8 +143,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobDetail, operation_id="get_job")
-def get_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
-    return service.get_job(session, user, job_id)
+def get_job(session: SessionDep, user: PrincipalDep, settings: SettingsDep, job_id: str) -> Any:
+    return _detail(service.get_job(session, user, job_id), settings)
 
 
 @router.post(
@@ -145,9 +153,9 @@ def get_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
     operation_id="cancel_job",
     responses={409: {"model": ErrorBody}},
 )
-def cancel_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+def cancel_job(session: SessionDep, user: PrincipalDep, settings: SettingsDep, job_id: str) -> Any:
     """A queued job is cancelled at once; a running one becomes `cancelling` until its worker stops it."""
-    return service.cancel_job(session, user, job_id)
+    return _detail(service.cancel_job(session, user, job_id), settings)
 
 
 @router.post(
@@ -156,9 +164,9 @@ def cancel_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
     operation_id="retry_job",
     responses={409: {"model": ErrorBody}},
 )
-def retry_job(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+def retry_job(session: SessionDep, user: PrincipalDep, settings: SettingsDep, job_id: str) -> Any:
     """Queue a failed or cancelled job again, as a new attempt."""
-    return service.retry_job(session, user, job_id)
+    return _detail(service.retry_job(session, user, job_id), settings)
 
 
 @router.get("/{job_id}/events", response_model=EventPage, operation_id="list_job_events")

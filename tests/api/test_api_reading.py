@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from api_testkit import SFT_SPEC
+from fastapi.testclient import TestClient
+from sqlalchemy import update
 
-from core.models import JobEvent
+from api.main import create_app
+from core.models import Job, JobEvent
 from core.transitions import transition
 
 
@@ -119,3 +123,17 @@ def test_checkpoints(client, alice, submit, db) -> None:
     body = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=alice).json()
     assert [(c["step"], c["path"]) for c in body["checkpoints"]] == [(5, "/ck/5"), (10, "/ck/10")]
     assert body["last_checkpoint"] == "/ck/10"
+
+
+def test_a_job_links_its_mlflow_run_when_the_deployment_names_the_ui(settings, sent, alice, db) -> None:
+    linked = settings.model_copy(update={"mlflow_ui_url": "https://mlflow.example.org/"})
+    for deployment, expected in ((settings, None), (linked, "https://mlflow.example.org/#/runs/{run}")):
+        with TestClient(create_app(deployment)) as c:
+            job = c.post("/v1/jobs", json=SFT_SPEC, headers=alice).json()
+            assert job["mlflow_run_url"] is None  # no MLflow run yet
+            with db() as session, session.begin():
+                session.execute(update(Job).where(Job.id == job["id"]).values(mlflow_run_id="0123abcd"))
+            got = c.get(f"/v1/jobs/{job['id']}", headers=alice).json()["mlflow_run_url"]
+            assert got == (expected and expected.format(run="0123abcd"))
+            cancelled = c.post(f"/v1/jobs/{job['id']}/cancel", headers=alice).json()
+            assert cancelled["mlflow_run_url"] == got

@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 VIEWPORT = {"width": 1366, "height": 860}  # a laptop screen
+MLFLOW_UI_URL = "http://mlflow.example.test"  # only linked to, never opened
 
 
 def _free_port() -> int:
@@ -48,6 +49,7 @@ class Platform:
     def __init__(self, base: str, tokens: dict[str, str]) -> None:
         self.base = base
         self.tokens = tokens
+        self.mlflow_ui_url = MLFLOW_UI_URL
         self.http = httpx.Client(base_url=base, timeout=30)
 
     def call(self, user: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -75,7 +77,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             pytest.fail(message)
         pytest.skip(message)
     root = tmp_path_factory.mktemp("platform")
-    settings = Settings(var_dir=root / "var", host="127.0.0.1", port=_free_port())
+    settings = Settings(
+        var_dir=root / "var", host="127.0.0.1", port=_free_port(), mlflow_ui_url=MLFLOW_UI_URL
+    )
     settings.ensure_dirs()
     migrate(settings.database_url)
     tokens = {}

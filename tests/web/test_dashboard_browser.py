@@ -1,10 +1,12 @@
 """The dashboard in chromium against a running platform (api + real worker, SQLite): sign in and out
 without leaving data on screen, launch a paper preset from the gallery and watch its curves and samples
 arrive live, cancel it; form errors come from the server and sit next to their inputs; compare two
-runs; /docs renders offline. Any console error fails a test (see conftest)."""
+runs; retry, clone and upload from the page; the MLflow link and a flat curve's axis; /docs renders
+offline. Any console error fails a test (see conftest)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -23,7 +25,12 @@ def two_sft_runs(platform) -> list[str]:
         body = {
             **SFT,
             "name": f"sft-lr-{lr}",
-            "config": {"max_steps": 3, "learning_rate": lr, "logging_steps": 1},
+            "config": {
+                "max_steps": 3,
+                "learning_rate": lr,
+                "lr_scheduler_type": "constant",  # a flat train/learning_rate curve
+                "logging_steps": 1,
+            },
         }
         res = platform.call("alice", "POST", "/v1/jobs", json=body)
         assert res.status_code == 201, res.text
@@ -178,3 +185,89 @@ def test_compare_two_runs(page, platform, login, two_sft_runs, screenshot) -> No
     assert "config.learning_rate" in diff and "0.001" in diff and "0.003" in diff
     assert "model" not in [row.split("\t")[0] for row in diff.splitlines()]  # equal keys hidden
     screenshot(page, "compare", full_page=True)
+
+
+def test_run_page_links_mlflow_and_draws_a_flat_curve_around_its_value(
+    page, platform, login, two_sft_runs
+) -> None:
+    job_id = two_sft_runs[0]  # learning rate 1e-3, constant
+    job = platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)
+    assert job["mlflow_run_id"], job
+    login(page, "alice")
+    page.goto(f"/#/runs/{job_id}")
+    link = page.locator("#mlflow-link")
+    assert link.get_attribute("href") == f"{platform.mlflow_ui_url}/#/runs/{job['mlflow_run_id']}"
+    assert link.inner_text() == job["mlflow_run_id"]
+
+    page.locator("summary", has_text="Metrics shown").click()
+    page.check(".metric-picker input[value='train/learning_rate']")
+    chart = page.locator("figure.chart[data-metric='train/learning_rate']")
+    chart.locator("canvas").first.wait_for()
+    low, high = (float(v) for v in chart.get_attribute("data-y-range").split(","))
+    # centred on the value, not uPlot's 0-based default ([0, 2e-3] here; [0, 100] for a flat 0)
+    assert 0 < low < 1e-3 < high < 2e-3 and (high - low) < 1e-3
+
+
+def test_retry_then_clone_from_the_run_page(page, platform, login) -> None:
+    body = {
+        **SFT,
+        "name": "retry-me",
+        "dataset": {"builtin": "chat", "num_rows": 8},
+        "config": {"max_steps": 1},
+    }
+    job = platform.call("alice", "POST", "/v1/jobs", json=body).json()
+    platform.call("alice", "POST", f"/v1/jobs/{job['id']}/cancel")
+    platform.wait_status("alice", job["id"], {"cancelled"}, 120)
+
+    login(page, "alice")
+    page.goto(f"/#/runs/{job['id']}")
+    page.click("#retry")
+    page.wait_for_selector("#retry", state="detached")  # no longer failed or cancelled
+    page.wait_for_selector(".run-header .badge:not(.status-cancelled)")
+    retried = platform.wait_status("alice", job["id"], {"succeeded", "failed"}, 240)
+    assert retried["status"] == "succeeded", retried["error"]
+    page.wait_for_selector(".run-header .badge.status-succeeded", timeout=60_000)  # live, no reload
+
+    page.click("#clone")
+    page.wait_for_url(re.compile(r"#/launch\?clone="))
+    page.wait_for_selector("#f-model")
+    assert page.locator("#f-name").input_value() == "retry-me (copy)"
+    assert page.locator("#f-model").input_value() == "tiny:llama"
+    assert page.locator("#f-dataset-num_rows").input_value() == "8"
+    assert page.locator("#f-config-max_steps").input_value() == "1"
+    page.click("#launch")
+    page.wait_for_url(re.compile(r"#/runs/job_"))
+    clone_id = page.url.rsplit("/", 1)[1]
+    assert clone_id != job["id"]
+    clone = platform.call("alice", "GET", f"/v1/jobs/{clone_id}").json()
+    assert clone["spec_submitted"] == {**body, "name": "retry-me (copy)"}
+    platform.wait_status("alice", clone_id, {"succeeded", "failed"}, 240)
+
+
+def test_upload_a_dataset_from_the_launch_form(page, platform, login, tmp_path) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": str(i)}]}
+        for i in range(5)
+    ]
+    data = tmp_path / "my-chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    login(page, "alice")
+    page.goto("/#/launch?algorithm=sft")
+    page.fill("#f-model", "tiny:llama")
+    page.set_input_files("#f-upload", str(data))
+    page.wait_for_selector("[role=status]:has-text('uploaded my-chat.jsonl: 5 rows')")
+    (uploaded,) = [
+        f
+        for f in platform.call("alice", "GET", "/v1/files").json()["files"]
+        if f["filename"] == "my-chat.jsonl"
+    ]
+    assert page.locator("#f-dataset-file_id").input_value() == uploaded["id"]
+    assert page.locator("input[name=ds-source][value=file]").is_checked()
+    assert (
+        page.locator("#f-dataset-file_id").is_visible()
+        and not page.locator("#f-dataset-builtin").is_visible()
+    )
+    page.click("#check")
+    page.wait_for_selector("#resolved-spec")
+    dataset = json.loads(page.locator("#resolved-spec").inner_text())["dataset"]
+    assert dataset["path"].endswith(f"{uploaded['id']}.jsonl") and dataset.get("builtin") is None

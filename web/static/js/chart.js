@@ -64,6 +64,19 @@ export function alignedData(runs, { smoothing = 0, log = false, maxPoints = 2000
   })];
 }
 
+// The y range of a chart. A flat series (every value equal) is centred in a band of 10% of its value
+// around it (±1 around 0), where uPlot would draw it on 0-100 (at 0) or 0-2x (elsewhere); otherwise
+// uPlot's own padded range.
+export function yRange(min, max, log = false) {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return log ? [0.1, 10] : [0, 1];
+  if (min === max) {
+    if (log) return [min / 2, min * 2];
+    const pad = Math.abs(min) * 0.1 || 1;
+    return [min - pad, min + pad];
+  }
+  return log ? uPlot.rangeLog(min, max, 10, true) : uPlot.rangeNum(min, max, 0.1, true);
+}
+
 export class MetricChart {
   constructor(container, key) {
     this.key = key;
@@ -89,9 +102,11 @@ export class MetricChart {
     this.plot = new uPlot({
       ...this.size(),
       cursor: { drag: { x: true, y: false } },
-      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+      scales: { x: { time: false }, y: { distr: log ? 3 : 1, range: (u, min, max) => yRange(min, max, log) } },
       axes: [{ label: "step", incrs: STEP_INCRS }, { values: (u, ticks) => ticks.map(tick), size: 64 }],
       legend: { live: true },
+      // the drawn y range, readable by tests and tools: data-y-range="min,max"
+      hooks: { setScale: [(u, key) => { if (key === "y") this.box.dataset.yRange = `${u.scales.y.min},${u.scales.y.max}`; }] },
       series: [
         { label: "step" },
         ...runs.map((r, i) => ({ label: r.label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,

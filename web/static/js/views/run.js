@@ -109,7 +109,9 @@ export async function render(root, params) {
         fact("Attempt", `${job.attempt} of ${job.max_attempts}`),
         fact("Created", fmtTime(job.created_at)),
         fact("Queue", job.queue),
-        fact("MLflow run", job.mlflow_run_id))].filter(Boolean));
+        fact("MLflow run", job.mlflow_run_url
+          ? h("a", { id: "mlflow-link", href: job.mlflow_run_url, target: "_blank", rel: "noopener", text: job.mlflow_run_id })
+          : job.mlflow_run_id))].filter(Boolean));
   }
 
   function renderEvents() {
