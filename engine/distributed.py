@@ -2,12 +2,14 @@
 
 A job asking for more than one process is started by `torchrun` (see `worker.runner.engine_command`),
 which sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_from_env()` then joins the
-process group (gloo on CPU, NCCL on CUDA). Without those variables the job is one process and every
-collective here is the identity, so single-process code paths stay exactly as they are.
+process group (gloo on CPU; on CUDA NCCL for device tensors and gloo for the host-side counts and metrics).
+Without those variables the job is one process and every collective here is the identity, so
+single-process code paths stay exactly as they are.
 
 Losses divide by the global counts of an optimizer step; `all_reduce_counts` sums a step's counts (ints,
 floats, tuples, dataclasses of them) over the ranks so every rank divides by the same totals and the summed
-gradients equal the gradient of the whole global batch.
+gradients equal the gradient of the whole global batch. `gather_rows` concatenates per-row values (rewards,
+lengths, entropies) of all ranks in rank order, which the online loop uses for statistics of the global batch.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def init_from_env(device: torch.device) -> Processes:
     """Join the job's process group when torchrun started several processes (idempotent)."""
     procs = from_env()
     if procs.active and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Counts and metrics are reduced as host tensors: on CUDA those go through gloo, the rest NCCL.
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
@@ -109,6 +112,32 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     if current().active:
         torch.distributed.all_reduce(tensor)
     return tensor
+
+
+def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the ranks' `tensor`s concatenated along dim 0 in rank order, where this rank's rows start).
+
+    Ranks may hold different numbers of rows; the other dimensions must agree. The result is on `tensor`'s
+    device and identical on every rank. One process: (tensor, 0).
+    """
+    procs = current()
+    if not procs.active:
+        return tensor, 0
+    host = tensor.detach().cpu()
+    if host.dtype == torch.bool:  # gloo has no bool collectives
+        rows, offset = gather_rows(host.to(torch.uint8))
+        return rows.bool().to(tensor.device), offset
+    sizes = torch.tensor([host.shape[0]], dtype=torch.long)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(procs.world)]
+    torch.distributed.all_gather(all_sizes, sizes)
+    counts = [int(s) for s in all_sizes]
+    width = max(counts)
+    padded = torch.zeros((width, *host.shape[1:]), dtype=host.dtype)
+    padded[: host.shape[0]] = host
+    parts = [torch.empty_like(padded) for _ in range(procs.world)]
+    torch.distributed.all_gather(parts, padded)
+    rows = torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
+    return rows.to(tensor.device), sum(counts[: procs.rank])
 
 
 def shard(items: list[Any], procs: Processes) -> list[Any]:

@@ -21,15 +21,21 @@ Old log-probs are computed at generation time only when some optimizer step fall
 use (GA % (SPG * mu) != 0), vLLM's importance-sampling correction needs them or the objective always wants
 them (RLOO); otherwise the ratio is exactly 1 (on-policy). The reference model exists only when `beta` > 0.
 Entropies are computed only when `top_entropy_quantile` < 1 or an entropy bonus needs them (so
-`policy/entropy` is logged only then); the entropy threshold is taken per micro-batch, as TRL does, except
+`policy/entropy` is logged only then); the entropy threshold is taken per micro-step (over the micro-batches
+of that micro-step on every rank), as TRL does, except
 with an entropy bonus, which averages over the tokens the mask keeps in the whole step: then one extra no-grad
 forward per micro-batch gives the step's threshold and kept-token count (`_entropy_step_counts`).
 Training micro-steps never sync with the host; metrics are transferred once per logged optimizer step (plus
 one value per step for adaptive entropy).
 
-Several processes: every rank draws the prompts of all ranks from the same sampler and generates for its
-own share, so whole groups stay on one rank and group statistics need no communication; the step's counts
-are summed over ranks (`engine.distributed`).
+Several processes: every rank draws the prompts of all ranks from the same sampler; the generation's
+completions (group after group) are cut into equal contiguous shares in rank order and each rank samples
+its share, so a group straddles ranks when a share is not a multiple of G (the Dr. GRPO recipe: one
+completion per process, 8 processes per group). Rewards, lengths and truncation flags are gathered
+(all_gather), so every rank computes the group and batch statistics of the whole generation, keeps the
+advantages of its own rows, and logs exact global rollout metrics. The step's counts are summed over ranks
+and entropy thresholds are taken over every rank's tokens (`engine.distributed`). The GFPO filter needs
+whole groups on each rank, which `engine.spec.unsupported` checks.
 
 Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
 job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
@@ -41,6 +47,7 @@ Not here: loss formulas (`engine.losses`), advantage formulas (`engine.advantage
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -99,21 +106,25 @@ class Slice:
 
 @dataclass
 class Plan:
-    """Batch sizes derived from the config, checked once at start-up."""
+    """Batch sizes derived from the config, checked once at start-up.
+
+    `batch_size` and `steps_per_generation` are per process; a generation samples
+    `prompts_per_generation` prompts x `num_generations` completions over all `world` processes."""
 
     num_generations: int
-    batch_size: int  # completions per micro-step
+    batch_size: int  # completions per micro-step on each process
     steps_per_generation: int
     grad_accum: int
     num_iterations: int
-    prompts_per_generation: int
+    prompts_per_generation: int  # over all processes
     needs_old_logps: bool
+    world: int = 1
 
     @classmethod
-    def from_config(cls, cfg: Any, always_old_logps: bool = False) -> Plan:
+    def from_config(cls, cfg: Any, always_old_logps: bool = False, world: int = 1) -> Plan:
         spg, ga, mu = cfg.effective_steps_per_generation, cfg.gradient_accumulation_steps, cfg.num_iterations
-        completions = cfg.per_device_train_batch_size * spg
-        # refused at submission (engine.spec.unsupported): the groups of a generation stay whole
+        completions = cfg.per_device_train_batch_size * spg * world
+        # refused at submission (engine.spec.unsupported): a generation is whole groups over all processes
         assert completions % cfg.num_generations == 0, (completions, cfg.num_generations)
         is_correction = bool(cfg.use_vllm and cfg.vllm_importance_sampling_correction)
         return cls(
@@ -124,6 +135,7 @@ class Plan:
             num_iterations=mu,
             prompts_per_generation=completions // cfg.num_generations,
             needs_old_logps=always_old_logps or (ga % (spg * mu) != 0) or is_correction,
+            world=world,
         )
 
 
@@ -152,6 +164,9 @@ class Objective:
     always_old_logps: compute old log-probs at generation time even when the step is on-policy.
     advantages(rewards (N,), group, rollout) -> (advantages (N,), metrics): called once per generation
         batch, after the rollout's old / reference log-probs are filled; rows are in groups of `group`.
+        `rewards` are those of the whole generation batch (every rank's rows, in rank order) while
+        `rollout` holds this rank's rows: per-row inputs taken from it are gathered the same way
+        (`engine.distributed.gather_rows`), and metrics are global values.
     """
 
     loss: PolicyLossConfig
@@ -197,7 +212,9 @@ class GRPOTrainer:
         self.spec, self.ctx, self.cfg = spec, ctx, spec.config
         cfg = self.cfg
         self.objective = objective or grpo_objective(cfg)
-        self.plan = Plan.from_config(cfg, always_old_logps=self.objective.always_old_logps)
+        self.plan = Plan.from_config(
+            cfg, always_old_logps=self.objective.always_old_logps, world=distributed.current().world
+        )
         self.counters = Counters()
         seed_everything(ctx.seed)
 
@@ -272,6 +289,7 @@ class GRPOTrainer:
         self.queue: list[Slice] = []
         self._step_entropy: Any = 0.0
         self.last_rollout: ScoredRollout | None = None
+        self.stepper: OptimizerStep | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -311,59 +329,81 @@ class GRPOTrainer:
 
     # -------------------------------------------------------------------------------------- generation
 
-    def _take_prompts(self, n: int) -> list[int]:
-        """The next `n` prompts of this rank. With several processes every rank draws the prompts of all
-        ranks from the same sampler and keeps its own share, so whole groups stay on one rank."""
-        procs = distributed.current()
-        if not procs.active:
-            return self.sampler.take(n)
-        return distributed.shard(self.sampler.take(n * procs.world), procs)
-
-    def _sample(self, prompt_rows: list[int]) -> Sampled:
-        """Generate G completions for each prompt row and reward them (rewards are host-side)."""
+    def _take_slots(self, prompts: int) -> list[tuple[int, int]]:
+        """This rank's completions of the next `prompts` prompts (over all ranks), as (prompt row, index in
+        its group). Every rank draws the same prompts from the same sampler; the global list of
+        completions, group after group, is cut into equal contiguous shares in rank order, so a group
+        stays on one rank when a rank's share is a multiple of num_generations and straddles ranks
+        otherwise (its statistics then come from the gathered rewards, see `_score`)."""
         G = self.plan.num_generations
+        slots = [(row, j) for row in self.sampler.take(prompts) for j in range(G)]
+        procs = distributed.current()
+        return distributed.shard(slots, procs) if procs.active else slots
+
+    def _sample(self, slots: list[tuple[int, int]]) -> Sampled:
+        """Generate the completions `slots` name and reward them (rewards are host-side)."""
+        runs: list[list[int]] = []  # [prompt row, completions] of consecutive slots of one prompt
+        for row, _ in slots:
+            if runs and runs[-1][0] == row:
+                runs[-1][1] += 1
+            else:
+                runs.append([row, 1])
+        if len({n for _, n in runs}) == 1:  # the same count for every prompt: one call samples them all
+            prompt_rows, n = [row for row, _ in runs], runs[0][1]
+        else:  # a group cut at the share's edge: one completion per (repeated) prompt
+            prompt_rows, n = [row for row, _ in slots], 1
         prompt_ids = [self.encoder.row(i, self.rows[i]["prompt"]) for i in prompt_rows]
         vision = None if self.vision is None else self.vision.encoder.vision_for(prompt_rows)
         if self.weights_changed:
             self.backend.sync_weights(self.model, version=self.ctx.step)
             self.weights_changed = False
-        with self.ctx.timer("generation"), self.ctx.autocast():
+        with self.ctx.timer("generation"), self.ctx.autocast(), self._generation_weights():
             extra = {} if vision is None else {"vision": vision}
-            out = self.backend.generate(prompt_ids, G, self.sampling, **extra)
+            out = self.backend.generate(prompt_ids, n, self.sampling, **extra)
         if out.policy_version is None:  # an in-process sampler is the policy itself
             out.policy_version = self.ctx.step
         self.counters.generations += 1
         ids = out.completion_id_lists()
         self.counters.completions_sampled += len(ids)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        prompts = [self.rows[i]["prompt"] for i in prompt_rows for _ in range(G)]
-        columns = {c: [self.rows[i].get(c) for i in prompt_rows for _ in range(G)] for c in self.columns}
+        rows = [row for row, _ in slots]
+        prompts = [self.rows[i]["prompt"] for i in rows]
+        columns = {c: [self.rows[i].get(c) for i in rows] for c in self.columns}
         per_func = []
         for func in self.reward_funcs:
             values = func(prompts=prompts, completions=texts, completion_ids=ids, **columns)
             per_func.append([math.nan if v is None else float(v) for v in values])
         rewards = torch.tensor(per_func, dtype=torch.float32).T.reshape(len(ids), len(self.reward_funcs))
-        row_vision = None if vision is None else [v for v in vision for _ in range(G)]
+        row_vision = None if vision is None else [v for v in vision for _ in range(n)]
         return Sampled(out, ids, texts, prompts, rewards, out.is_truncated.tolist(), row_vision)
+
+    def _generation_weights(self) -> contextlib.AbstractContextManager[Any]:
+        """Generation runs a different number of forwards on each rank, which ZeRO-3's partitioned
+        parameters (gathered collectively per forward) cannot: it runs on the gathered full weights."""
+        zero = self.stepper.zero if self.stepper is not None else None
+        return zero.for_generation() if zero is not None else contextlib.nullcontext()
 
     def generate(self) -> ScoredRollout:
         """One scored generation batch, DAPO dynamic sampling and GFPO filtering included."""
+        if not _option(self.cfg, "dynamic_sampling"):
+            return self._score(self._sample(self._take_slots(self.plan.prompts_per_generation)), {})
+        return self._score(*self._dynamic_sampling())
+
+    def _dynamic_sampling(self) -> tuple[Sampled, dict[str, float]]:
+        """DAPO dynamic sampling (one process): sample until the batch has only groups whose accuracy
+        differs, up to `max_dynamic_sampling_rounds` rounds."""
         G, aggregation = self.plan.num_generations, self.objective.aggregation
-        dynamic_sampling = _option(self.cfg, "dynamic_sampling")
         need = self.plan.prompts_per_generation
         kept: list[Sampled] = []
         spare: list[Sampled] = []
         have, rounds, groups_seen, zero_std_seen, padded = 0, 0, 0, 0, 0
         while have < need:
             rounds += 1
-            part = self._sample(self._take_prompts(need - have))
+            part = self._sample(self._take_slots(need - have))
             combined = adv_lib.combine_rewards(part.rewards, self.reward_weights, aggregation, G)
             flat = adv_lib.zero_variance_groups(combined, G).tolist()
             groups_seen += len(flat)
             zero_std_seen += sum(flat)
-            if not dynamic_sampling:
-                kept.append(part)
-                break
             solved = adv_lib.accuracy_rewards(part.rewards, self.reward_names, self.reward_weights)
             flat = adv_lib.zero_variance_groups(solved, G).tolist()
             good = [g for g, f in enumerate(flat) if not f]
@@ -387,27 +427,49 @@ class GRPOTrainer:
                     level="warning",
                 )
                 break
-        metrics = {"rollout/frac_reward_zero_std": zero_std_seen / max(1, groups_seen)}
-        if dynamic_sampling:
-            metrics["rollout/dynamic_sampling_rounds"] = float(rounds)
-            metrics["rollout/dynamic_sampling_padded_groups"] = float(padded)
-        return self._score(Sampled.concat(kept, self.pad_id), metrics)
+        metrics = {
+            "rollout/frac_reward_zero_std": zero_std_seen / max(1, groups_seen),
+            "rollout/dynamic_sampling_rounds": float(rounds),
+            "rollout/dynamic_sampling_padded_groups": float(padded),
+        }
+        return Sampled.concat(kept, self.pad_id), metrics
 
     def _score(self, part: Sampled, metrics: dict[str, float]) -> ScoredRollout:
-        """Loss mask, log-probs, advantages (after the GFPO filter, if any) and metrics of one batch."""
+        """Loss mask, log-probs, advantages (after the GFPO filter, if any) and metrics of one batch.
+
+        Group and batch statistics use the whole generation batch: the rows of every rank are gathered
+        (rewards, lengths, truncation; rank order is the global order), every rank computes the same
+        advantages and keeps its own rows'. So groups may straddle ranks, and the rollout metrics are
+        exact global values."""
         cfg, group = self.cfg, self.plan.num_generations
-        combined = adv_lib.combine_rewards(
-            part.rewards, self.reward_weights, self.objective.aggregation, group
-        )
+        rewards, offset = distributed.gather_rows(part.rewards)
+        lengths = torch.tensor([len(i) for i in part.ids], dtype=torch.long)
+        all_lengths, _ = distributed.gather_rows(lengths)
+        truncated, _ = distributed.gather_rows(torch.tensor(part.truncated, dtype=torch.bool))
+        combined = adv_lib.combine_rewards(rewards, self.reward_weights, self.objective.aggregation, group)
+        if "rollout/frac_reward_zero_std" not in metrics:
+            zero_std = adv_lib.zero_variance_groups(combined, group)
+            metrics = {**metrics, "rollout/frac_reward_zero_std": float(zero_std.float().mean())}
         remains = _option(cfg, "num_remains_in_group")
         if remains is not None:
-            lengths = torch.tensor([len(i) for i in part.ids])
-            keep = adv_lib.gfpo_keep_mask(group, remains, lengths, combined, cfg.group_filter)
-            rows = keep.nonzero().squeeze(-1)
-            metrics = {**metrics, "rollout/sampled_completion_length_mean": float(lengths.float().mean())}
-            part, combined, group = part.select(rows.tolist()), combined.index_select(0, rows), remains
+            # The filter ranks each group's completions; with several processes it needs whole groups on
+            # every rank (refused otherwise), so every rank keeps the same number of rows.
+            keep = adv_lib.gfpo_keep_mask(group, remains, all_lengths, combined, cfg.group_filter)
+            mine = keep[offset : offset + len(part)].nonzero().squeeze(-1)
+            metrics = {
+                **metrics,
+                "rollout/sampled_completion_length_mean": float(all_lengths.float().mean()),
+            }
+            offset = int(keep[:offset].sum())
+            part, group = part.select(mine.tolist()), remains
+            rewards, combined, all_lengths, truncated = (
+                rewards[keep],
+                combined[keep],
+                all_lengths[keep],
+                truncated[keep],
+            )
         out, device = part.out, self.ctx.device
-        lengths = [len(i) for i in part.ids]
+        lengths = [len(i) for i in part.ids]  # this rank's rows
         loss_mask = out.completion_mask.clone()
         if cfg.mask_truncated_completions:
             loss_mask[out.is_truncated.to(loss_mask.device)] = 0
@@ -443,13 +505,14 @@ class GRPOTrainer:
                 ),
             }
         advantages, objective_metrics = self.objective.advantages(combined, group, rollout)
-        rollout.advantages = advantages.float().to(device)
+        rollout.advantages = advantages[offset : offset + len(rollout)].float().to(device)
         self.counters.completions_scored += len(rollout)
         rollout.metrics = {
             **metrics,
-            **self._rollout_metrics(part.rewards, lengths, part.truncated),
+            **self._rollout_metrics(rewards, all_lengths, truncated),
             **objective_metrics,
         }
+        mine = combined[offset : offset + len(rollout)].tolist()
         source = None if self.vision is None else self.vision.source
         rollout.samples = [
             {
@@ -458,21 +521,23 @@ class GRPOTrainer:
                 "reward": None if math.isnan(r) else r,
                 **({} if source is None else sample_images(p, source)),
             }
-            for p, t, r in zip(part.prompts, part.texts, combined.tolist(), strict=True)
+            for p, t, r in zip(part.prompts, part.texts, mine, strict=True)
         ]
         return rollout
 
     def _rollout_metrics(
-        self, rewards: torch.Tensor, lengths: list[int], truncated: list[bool]
+        self, rewards: torch.Tensor, lengths: torch.Tensor, truncated: torch.Tensor
     ) -> dict[str, float]:
+        """Rollout statistics of the whole (gathered) generation batch."""
         from engine.functional import nanmean
 
+        lengths = lengths.double()
         m = {
             **{k: float(v) for k, v in adv_lib.reward_stats(rewards, self.reward_weights).items()},
-            "rollout/completion_length_mean": sum(lengths) / len(lengths),
-            "rollout/completion_length_min": float(min(lengths)),
-            "rollout/completion_length_max": float(max(lengths)),
-            "rollout/clipped_ratio": sum(truncated) / len(truncated),
+            "rollout/completion_length_mean": float(lengths.mean()),
+            "rollout/completion_length_min": float(lengths.min()),
+            "rollout/completion_length_max": float(lengths.max()),
+            "rollout/clipped_ratio": float(truncated.double().mean()),
         }
         for k, func in enumerate(self.reward_funcs):
             m[f"rollout/rewards/{func.name}_mean"] = float(nanmean(rewards[:, k]))
@@ -583,11 +648,23 @@ class GRPOTrainer:
                 mb = rollout.micro_batch(rows)
                 _, entropies = self._logps(self.model, mb, with_entropy=True)
                 active.append(entropies.float()[mb.loss_mask.bool()])
-        step = torch.cat(active)
+        step, _ = distributed.gather_rows(torch.cat(active))  # every rank's kept-token entropies
         ones = torch.ones_like(step)
         threshold = entropy_threshold(step, ones, quantile)
         kept = high_entropy_mask(step, ones, quantile, threshold).sum()
         return dataclasses.replace(counts, entropy_threshold=threshold, num_entropy_tokens=kept)
+
+    def _micro_entropy_threshold(
+        self, entropies: torch.Tensor, mb: MicroBatch, counts: GlobalCounts
+    ) -> GlobalCounts:
+        """Several processes: the micro-step's `top_entropy_quantile` threshold over the loss-carrying
+        tokens of this micro-step on every rank (one process takes it over its micro-batch)."""
+        quantile = _option(self.cfg, "top_entropy_quantile")
+        if quantile >= 1.0:
+            return counts
+        active, _ = distributed.gather_rows(entropies.detach().float()[mb.loss_mask.bool()])
+        threshold = entropy_threshold(active, torch.ones_like(active), quantile)
+        return dataclasses.replace(counts, entropy_threshold=threshold.to(entropies.device, entropies.dtype))
 
     # -------------------------------------------------------------------------------------------- loop
 
@@ -599,6 +676,8 @@ class GRPOTrainer:
         with self.ctx.autocast():
             logps, entropies = self._logps(self.model, mb, with_entropy=self.need_entropy)
         self.counters.policy_forwards += 1
+        if entropies is not None and counts.entropy_threshold is None and self.plan.world > 1:
+            counts = self._micro_entropy_threshold(entropies, mb, counts)
         loss_cfg = self.loss_cfg
         if self.adaptive_entropy:
             applied = self.state.entropy_coef if self.state.last_entropy <= self.cfg.entropy_target else 0.0
@@ -644,7 +723,7 @@ class GRPOTrainer:
         total = total_optimizer_steps(cfg, micro_per_epoch * plan.num_iterations)
         reference = self.reference.model if self.reference is not None else None
         saved_with = self.tokenizer if self.vision is None else self.vision.processor  # processor: VLMs
-        stepper = OptimizerStep(ctx, self.model, saved_with, total, reference=reference)
+        stepper = self.stepper = OptimizerStep(ctx, self.model, saved_with, total, reference=reference)
         self._resume(stepper)
         ctx.events.log(
             f"{self.spec.algorithm}: {plan.prompts_per_generation} prompts x {plan.num_generations} "

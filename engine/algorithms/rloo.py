@@ -32,9 +32,9 @@ from typing import Any
 from torch import Tensor
 
 from engine import advantages as adv_lib
+from engine import distributed
 from engine.algorithms.common import TrainContext
 from engine.algorithms.grpo import GRPOTrainer, Objective
-from engine.functional import masked_mean
 from engine.losses import PolicyLossConfig
 from engine.rollout.buffer import ScoredRollout
 
@@ -49,8 +49,10 @@ def kl_penalised_advantages(
 ) -> tuple[Tensor, dict[str, float]]:
     """RLOO advantages of one generation batch and the `policy/kl` metric.
 
-    rewards: (N,) combined rewards on the host (NaN: unscorable), groups of `num_generations` rows.
-    old_logps, ref_logps, mask: (N, T) no-grad log-probs and the loss mask; needed when `cfg.beta` > 0.
+    rewards: (N,) combined rewards of the whole generation batch (NaN: unscorable), groups of
+    `num_generations` rows.
+    old_logps, ref_logps, mask: (n, T) no-grad log-probs and the loss mask of this rank's rows (all N
+    with one process; several processes gather the per-row KL); needed when `cfg.beta` > 0.
     cfg: an RLOOConfig (`beta`, `reward_clip_range`, `normalize_advantages`).
     Returns advantages (N,) on the host and {"policy/kl": token mean of old - ref} when beta > 0.
     """
@@ -58,8 +60,11 @@ def kl_penalised_advantages(
     if cfg.beta > 0:
         if old_logps is None or ref_logps is None or mask is None:
             raise ValueError("RLOO with beta > 0 needs old and reference log-probs and the loss mask")
-        kl = adv_lib.rloo_sequence_kl(old_logps, ref_logps, mask).to(rewards.device)
-        metrics["policy/kl"] = float(masked_mean(old_logps - ref_logps, mask))
+        kl, _ = distributed.gather_rows(adv_lib.rloo_sequence_kl(old_logps, ref_logps, mask))
+        kl = kl.to(rewards.device)
+        m = mask.to(old_logps.dtype)
+        totals = distributed.all_reduce_counts((float(((old_logps - ref_logps) * m).sum()), float(m.sum())))
+        metrics["policy/kl"] = totals[0] / max(totals[1], 1.0)
     advantages, _ = adv_lib.rloo_advantages(
         rewards,
         num_generations,

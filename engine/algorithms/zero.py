@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ class ZeroEngine:
                 self._norm = clip_gradients(params, max_norm)
 
             self.engine.clip_fp32_gradients = clip_and_measure
-        _route_calls_through(model, self.engine)
+        self._routing = _route_calls_through(model, self.engine)
         ctx.events.log(f"deepspeed {deepspeed.__version__} config: {json.dumps(self.config, sort_keys=True)}")
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -113,6 +114,32 @@ class ZeroEngine:
 
         return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
 
+    @contextlib.contextmanager
+    def for_generation(self) -> Iterator[None]:
+        """Sampling with the policy. ZeRO-3 gathers each module's parameters collectively in its forward,
+        which would hang when ranks run different numbers of decoding steps: for the duration every rank
+        holds the full parameters, ZeRO-3's module hooks are off and the model is called directly; the
+        hooks come back (and the parameters are partitioned again) afterwards. Stages 0-2: unchanged."""
+        if self.stage != 3:
+            yield
+            return
+        import deepspeed
+
+        offload = self.engine.optimizer.parameter_offload
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for p in params:
+                p.ds_active_sub_modules.clear()
+            for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+            self._routing["inside"] = True
+            try:
+                yield
+            finally:
+                self._routing["inside"] = False
+                offload._register_deepspeed_module(offload.module)
+
     def save(self, path: Path) -> None:
         """Every rank writes its shards of the model and optimizer state under `path/deepspeed`."""
         self.engine.save_checkpoint(str(path / CHECKPOINT_DIR), tag=TAG, save_latest=False)
@@ -125,8 +152,9 @@ class ZeroEngine:
             raise FileNotFoundError(f"no DeepSpeed state under {path / CHECKPOINT_DIR}")
 
 
-def _route_calls_through(model: torch.nn.Module, engine: Any) -> None:
-    """Make `model(...)` run `engine(...)` (which calls the model back, that time directly)."""
+def _route_calls_through(model: torch.nn.Module, engine: Any) -> dict[str, bool]:
+    """Make `model(...)` run `engine(...)` (which calls the model back, that time directly). Returns the
+    switch: while its "inside" is True, calls go to the model directly."""
     base = type(model)
     state = {"inside": False}
 
@@ -140,3 +168,4 @@ def _route_calls_through(model: torch.nn.Module, engine: Any) -> None:
             state["inside"] = False
 
     model.__class__ = type(base.__name__, (base,), {"__call__": __call__})
+    return state

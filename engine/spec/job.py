@@ -333,14 +333,16 @@ def unsupported(spec: Any) -> SpecError | None:
         return problem
     if spec.algorithm in ONLINE_ALGORITHMS:
         cfg = spec.config
-        completions = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
+        processes = spec.distributed.num_processes if spec.distributed is not None else 1
+        completions = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation * processes
         if completions % cfg.num_generations:
             return SpecError(
                 "config.per_device_train_batch_size",
-                f"per_device_train_batch_size x steps_per_generation = {completions} completions per generation "
-                f"on each process is not a multiple of num_generations={cfg.num_generations}; the groups of a "
-                f"generation stay whole on one process, so raise per_device_train_batch_size or "
-                f"steps_per_generation to a multiple of {cfg.num_generations}",
+                f"per_device_train_batch_size x steps_per_generation x processes = {completions} completions "
+                f"per generation is not a multiple of num_generations={cfg.num_generations}: a generation "
+                f"samples whole groups (a group may be spread over processes), so raise "
+                f"per_device_train_batch_size, steps_per_generation or distributed.num_processes until the "
+                f"product is a multiple of {cfg.num_generations}",
             )
     if spec.algorithm in ONLINE_ALGORITHMS and spec.eval_dataset is not None:
         return SpecError(
@@ -470,7 +472,7 @@ def _multimodal_unsupported(spec: Any) -> SpecError | None:
 # Algorithms whose loops are verified to give the single-process result on several processes. The others
 # keep statistics over the batch a rank sees (KTO's KL estimate, BCO's running mean), or filter/teach in
 # ways not checked across ranks yet.
-DISTRIBUTED_ALGORITHMS = frozenset({"sft", "dpo", "cpo", "reward", "grpo", "rloo"})
+DISTRIBUTED_ALGORITHMS = frozenset({"sft", "dpo", "cpo", "reward", "grpo", "gfpo", "rloo", "minillm"})
 
 
 def _distributed_unsupported(spec: Any) -> SpecError | None:
@@ -509,12 +511,19 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
         )
     if deepspeed and getattr(cfg, "bema", None) is not None:
         return SpecError("config.bema", "bema is not available with DeepSpeed; remove config.bema")
+    if spec.algorithm == "minillm" and deepspeed and stage == 3:
+        return SpecError(
+            "distributed.deepspeed_config.zero_stage",
+            "MiniLLM's teacher terms are not verified under ZeRO-3 yet; use zero_stage 0-2 or MULTI_GPU",
+        )
     if spec.algorithm in ONLINE_ALGORITHMS:
-        if deepspeed and stage == 3:
+        per_process = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
+        if getattr(cfg, "num_remains_in_group", None) is not None and per_process % cfg.num_generations:
             return SpecError(
-                "distributed.deepspeed_config.zero_stage",
-                "online algorithms generate with the policy on every process, which ZeRO-3's partitioned "
-                "parameters do not allow yet; use zero_stage 0-2",
+                "config.num_remains_in_group",
+                f"the GFPO filter ranks the completions of a group on one process, but {per_process} "
+                f"completions per process and generation cut groups of {cfg.num_generations}: make "
+                "per_device_train_batch_size x steps_per_generation a multiple of num_generations",
             )
         if getattr(cfg, "dynamic_sampling", False):
             return SpecError(
@@ -523,12 +532,6 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
             )
         if getattr(cfg, "use_vllm", False):
             return SpecError("config.use_vllm", "use_vllm runs in one process only for now")
-        if getattr(cfg, "top_entropy_quantile", 1.0) < 1.0:
-            return SpecError(
-                "config.top_entropy_quantile",
-                "the entropy mask's threshold is taken over one process's tokens; it runs in one process only "
-                "for now",
-            )
     return None
 
 

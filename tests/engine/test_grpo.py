@@ -310,7 +310,7 @@ def test_gfpo_keeps_the_shortest_completions_of_each_group(tmp_path):
             "per_device_train_batch_size": 8,
         },
     )
-    part = t._sample(t.sampler.take(2))
+    part = t._sample(t._take_slots(2))
     lengths = [len(ids) for ids in part.ids]
     rollout = t._score(part, {})
     assert len(rollout) == 4

@@ -245,13 +245,6 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
         (
             "grpo",
             "arithmetic",
-            {**DS, "deepspeed_config": {"zero_stage": 3}},
-            {"num_generations": 4},
-            "distributed.deepspeed_config.zero_stage",
-        ),
-        (
-            "grpo",
-            "arithmetic",
             {"num_processes": 2},
             {"num_generations": 4, "dynamic_sampling": True},
             "config.dynamic_sampling",
@@ -260,8 +253,34 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
             "grpo",
             "arithmetic",
             {"num_processes": 2},
-            {"num_generations": 4, "top_entropy_quantile": 0.2},
-            "config.top_entropy_quantile",
+            {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
+            "config.use_vllm",
+        ),
+        (
+            "grpo",
+            "arithmetic",
+            {"num_processes": 2},
+            {
+                "num_generations": 4,
+                "per_device_train_batch_size": 2,
+                "num_remains_in_group": 2,
+                "group_filter": "shortest",
+            },
+            "config.num_remains_in_group",
+        ),
+        (
+            "grpo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"num_generations": 8, "per_device_train_batch_size": 3},
+            "config.per_device_train_batch_size",
+        ),
+        (
+            "minillm",
+            "arithmetic",
+            {**DS, "deepspeed_config": {"zero_stage": 3}},
+            {"teacher_model_name_or_path": "tiny:llama"},
+            "distributed.deepspeed_config.zero_stage",
         ),
     ],
 )
@@ -279,6 +298,28 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
         ("dpo", "preferences", {**DS, "deepspeed_config": {"zero_stage": 3}}, {}),
         ("dpo", "preferences", {"num_processes": 2}, {"sync_ref_model": True}),
         ("grpo", "arithmetic", {**DS, "deepspeed_config": {"zero_stage": 2}}, {"num_generations": 4}),
+        ("grpo", "arithmetic", {**DS, "deepspeed_config": {"zero_stage": 3}}, {"num_generations": 4}),
+        ("grpo", "arithmetic", {"num_processes": 2}, {"num_generations": 4, "top_entropy_quantile": 0.2}),
+        # Dr. GRPO as written: one completion per process, a group of 8 spread over 8 processes
+        (
+            "grpo",
+            "arithmetic",
+            {"num_processes": 8},
+            {"loss_type": "dr_grpo", "per_device_train_batch_size": 1, "num_generations": 8},
+        ),
+        (
+            "rloo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"per_device_train_batch_size": 2, "num_generations": 4},
+        ),
+        ("minillm", "arithmetic", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}),
+        (
+            "gfpo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"num_generations": 4, "num_remains_in_group": 2, "group_filter": "shortest"},
+        ),
         (
             "sft",
             "chat",
@@ -300,12 +341,14 @@ def test_multi_process_jobs_that_train(algorithm, dataset, distributed, config):
     assert unsupported(_distributed(algorithm, dataset, distributed, **config)) is None
 
 
-def test_groups_must_fit_a_generation_on_one_device():
+def test_groups_must_fit_the_generation_of_all_processes():
     from engine.spec import unsupported
 
     # The Dr. GRPO entry (batch 1 per device, 8 generations) assumes 8 devices: valid, but not on one.
-    spec = parse_job_spec(grpo(loss_type="dr_grpo", per_device_train_batch_size=1, num_generations=8))
-    problem = unsupported(spec)
+    dr_grpo = grpo(loss_type="dr_grpo", per_device_train_batch_size=1, num_generations=8)
+    problem = unsupported(parse_job_spec(dr_grpo))
     assert problem.field == "config.per_device_train_batch_size" and "multiple of 8" in str(problem)
-    assert "stay whole on one process" in str(problem)
+    assert "distributed.num_processes" in str(problem)
+    assert unsupported(parse_job_spec({**dr_grpo, "distributed": {"num_processes": 8}})) is None
+    assert unsupported(parse_job_spec({**dr_grpo, "distributed": {"num_processes": 4}})) is not None
     assert unsupported(parse_job_spec(grpo(per_device_train_batch_size=8, num_generations=8))) is None
