@@ -6,7 +6,8 @@
     tracker.close("FINISHED")        # drains what it can within a timeout
 
 What goes where: params = the flattened resolved spec (`config.learning_rate`, `model`, ...), metrics =
-every `metrics` event at its step, samples = `samples/step_000010.json`, checkpoints =
+every `metrics` event at its step, samples = `samples/step_000010.json` (the prompt images of image samples
+as `samples/step_000010/<sample>_<image>.png`, named in the JSON in place of the inline thumbnails), checkpoints =
 `checkpoints/<folder name>`, the final model = `model/`. A resumed job logs into the same run.
 
 Failure-tolerant by design: MLflow being down, slow or misconfigured logs a warning and retries with
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections import deque
@@ -61,6 +63,33 @@ def flatten_params(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         out[name] = text[:MAX_PARAM_VALUE_CHARS]
     return out
+
+
+def sample_images(step: int, samples: list[Any]) -> tuple[list[Any], list[tuple[bytes, str]]]:
+    """Samples whose `images` are inline PNG data URIs -> (the samples with each image replaced by its
+    artifact path, relative to `samples/`; [(png bytes, artifact path)])."""
+    import base64
+    import binascii
+
+    out, files = [], []
+    for i, sample in enumerate(samples):
+        images = sample.get("images") if isinstance(sample, dict) else None
+        if not isinstance(images, list) or not images:
+            out.append(sample)
+            continue
+        names = []
+        for j, uri in enumerate(images):
+            if not isinstance(uri, str) or not uri.startswith("data:image/png;base64,"):
+                continue
+            try:
+                data = base64.b64decode(uri.split(",", 1)[1], validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            name = f"step_{step:06d}/{i}_{j}.png"
+            files.append((data, f"samples/{name}"))
+            names.append(name)
+        out.append({**sample, "images": names})
+    return out, files
 
 
 class MlflowTracker:
@@ -201,8 +230,12 @@ class MlflowTracker:
                         self.dropped += 1
                     self._metrics.append((str(key), float(value), ts_ms, step))
         elif type_ == "samples":
-            payload = {"step": step, "samples": event.get("samples") or []}
-            self._artifacts.append(("dict", payload, f"samples/step_{step:06d}.json"))
+            samples, images = sample_images(step, event.get("samples") or [])
+            for data, artifact_path in images:
+                self._artifacts.append(("bytes", data, artifact_path))
+            self._artifacts.append(
+                ("dict", {"step": step, "samples": samples}, f"samples/step_{step:06d}.json")
+            )
         elif type_ == "checkpoint" and event.get("path") and self.log_checkpoints:
             self._artifacts.append(("dir", str(event["path"]), f"checkpoints/{Path(event['path']).name}"))
             if isinstance(event.get("kept"), list):  # the engine pruned older ones: MLflow keeps the same set
@@ -244,6 +277,11 @@ class MlflowTracker:
             kind, payload, artifact_path = self._artifacts[0]
             if kind == "dict":
                 client.log_dict(self._run_id, payload, artifact_path)
+            elif kind == "bytes":
+                folder, _, name = artifact_path.rpartition("/")
+                with tempfile.TemporaryDirectory() as tmp:
+                    (Path(tmp) / name).write_bytes(payload)
+                    client.log_artifact(self._run_id, str(Path(tmp) / name), folder)
             elif kind == "prune":
                 self._prune(client, set(payload), artifact_path)
             elif Path(payload).is_dir():

@@ -271,3 +271,31 @@ def test_upload_a_dataset_from_the_launch_form(page, platform, login, tmp_path) 
     page.wait_for_selector("#resolved-spec")
     dataset = json.loads(page.locator("#resolved-spec").inner_text())["dataset"]
     assert dataset["path"].endswith(f"{uploaded['id']}.jsonl") and dataset.get("builtin") is None
+
+
+def test_samples_of_image_prompts_show_their_thumbnails(page, platform, login) -> None:
+    body = {
+        "algorithm": "grpo",
+        "name": "shapes-thumbnails",
+        "model": "tiny:vlm",
+        "dataset": {"builtin": "shapes", "num_rows": 8},
+        "reward_funcs": [{"name": "accuracy"}],
+        "config": {
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "num_generations": 2,
+            "max_completion_length": 2,
+            "max_prompt_length": 128,
+            "logging_steps": 1,
+        },
+    }
+    res = platform.call("alice", "POST", "/v1/jobs", json=body)
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+    assert platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)["status"] == "succeeded"
+    login(page, "alice")
+    page.goto(f"/#/runs/{job_id}")
+    thumb = page.locator("#samples-table img.thumb").first
+    thumb.wait_for(timeout=60_000)
+    assert thumb.get_attribute("src").startswith("data:image/png;base64,")
+    assert thumb.evaluate("img => img.complete && img.naturalWidth > 0")  # a real, decodable picture

@@ -111,3 +111,42 @@ def test_checkpoint_copies_can_be_turned_off_but_the_final_model_is_kept(tmp_pat
     tracker._accept({"type": "done", "step": 3, "final_path": str(tmp_path / "final")})
     destinations = [dest for _, _, dest in tracker._artifacts]
     assert destinations == (["checkpoints/checkpoint-2", "model"] if log_checkpoints else ["model"])
+
+
+@pytest.mark.slow
+def test_sample_images_are_stored_as_png_artifacts_beside_the_samples(settings, tmp_path):
+    import base64
+    import io
+
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), (255, 0, 0)).save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    tracker = MlflowTracker(
+        settings.mlflow_tracking_uri, settings.mlflow_artifact_root, job_id="job_img", flush_interval_s=0.1
+    ).start()
+    text_sample = {"prompt": "p", "completion": "c", "reward": 0.0}
+    tracker.on_event(
+        {
+            "type": "samples",
+            "step": 2,
+            "samples": [
+                {"prompt": "[image] n?", "completion": "2", "reward": 1.0, "images": [uri]},
+                text_sample,
+            ],
+        }
+    )
+    assert tracker.close("FINISHED")
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    run_id = tracker.run_id
+    samples = json.loads(
+        Path(client.download_artifacts(run_id, "samples/step_000002.json", str(tmp_path))).read_text()
+    )
+    assert samples["samples"] == [
+        {"prompt": "[image] n?", "completion": "2", "reward": 1.0, "images": ["step_000002/0_0.png"]},
+        text_sample,
+    ]
+    png = client.download_artifacts(run_id, "samples/step_000002/0_0.png", str(tmp_path / "png"))
+    assert Path(png).read_bytes() == buf.getvalue()

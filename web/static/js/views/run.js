@@ -151,10 +151,18 @@ export async function render(root, params) {
         h("thead", {}, h("tr", {}, ...["#", "Prompt", "Completion", "Reward", "Length"].map((t, n) => h("th", { scope: "col", class: n >= 3 ? "num" : undefined, text: t })))),
         h("tbody", {}, ...rows.map((s, n) => h("tr", {},
           h("td", { text: String(n + 1) }),
-          h("td", {}, h("pre", { text: typeof s.prompt === "string" ? s.prompt : JSON.stringify(s.prompt) })),
+          h("td", {}, ...promptImages(s), h("pre", { text: typeof s.prompt === "string" ? s.prompt : JSON.stringify(s.prompt) })),
           h("td", {}, h("pre", { text: s.completion ?? "" })),
           h("td", { class: "num", text: s.reward === null || s.reward === undefined ? "–" : fmtValue(s.reward) }),
           h("td", { class: "num", text: String(s.completion_length ?? (s.completion || "").length) })))))));
+  }
+
+  // Thumbnails of an image prompt (inline PNG data URIs in the sample); nothing for text prompts.
+  function promptImages(s) {
+    const uris = Array.isArray(s.images) ? s.images.filter((u) => typeof u === "string" && u.startsWith("data:image/png;base64,")) : [];
+    if (!uris.length) return [];
+    return [h("div", { class: "sample-images" },
+      ...uris.map((u, k) => h("img", { src: u, class: "thumb", alt: `prompt image ${k + 1}`, width: "64", height: "64" })))];
   }
 
   function renderCheckpoints(list, job) {
