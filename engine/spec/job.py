@@ -384,11 +384,27 @@ DISTILL_FIXED: dict[str, tuple[tuple[object, ...], str]] = {
 VLLM_MIN_HEAD_DIM = 32
 
 
+def _tokenizer_family(ref: str) -> str | None:
+    """Which tokenizer a built-in model reference has (the tiny text models share one); None: only the
+    model's files tell (a local folder, a hub id, tiny:vlm)."""
+    if ref.startswith("tiny:") and ref.removeprefix("tiny:") in TINY_ARCHS:
+        return "the tiny character tokenizer"
+    return f"{ref}'s tokenizer" if ref.startswith("bundled:") else None
+
+
 def _options_unsupported(spec: Any) -> SpecError | None:
     """Options of a valid config that the algorithm's loop cannot honour. Decided here, at submission; the
     loops only assert them."""
     cfg = spec.config
     lora = spec.peft_config is not None
+    teacher = getattr(cfg, "teacher_model_name_or_path", None)
+    student_tok, teacher_tok = _tokenizer_family(spec.model), _tokenizer_family(teacher or "")
+    if student_tok and teacher_tok and student_tok != teacher_tok:
+        return SpecError(
+            "config.teacher_model_name_or_path",
+            f"the teacher {teacher!r} has {teacher_tok} and the student {spec.model!r} {student_tok}: "
+            "distillation compares the two models token by token, so pick a teacher with the student's tokenizer",
+        )
     if getattr(cfg, "sync_ref_model", False):
         if spec.algorithm == "dpo" and (cfg.reference_free or cfg.precompute_ref_log_probs or lora):
             other = (

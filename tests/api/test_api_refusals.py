@@ -20,6 +20,7 @@ DPO = {"algorithm": "dpo", "model": "tiny:llama", "dataset": {"builtin": "prefer
 GRPO = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arithmetic"}}
 RLOO = {**GRPO, "algorithm": "rloo"}
 LORA = {"peft_config": {"r": 4}}
+TEACHER_BUNDLED = {"teacher_model_name_or_path": "bundled:smollm2-135m-instruct"}
 
 
 def _with(base: dict[str, Any], config: dict[str, Any], **job: Any) -> dict[str, Any]:
@@ -35,6 +36,16 @@ REFUSED = [
     ("gkd-bema", _with(GKD, {"bema": {}}), "config.bema"),
     ("gkd-sft-loss", _with(GKD, {"loss_type": "dft"}), "config.loss_type"),
     ("gkd-prompt-loss", _with(GKD, {"completion_only_loss": False}), "config.completion_only_loss"),
+    (
+        "gkd-other-tokenizer",
+        _with(GKD, {}, model="bundled:smollm2-135m-instruct"),
+        "config.teacher_model_name_or_path",
+    ),
+    (
+        "minillm-other-tokenizer",
+        _with(GRPO, TEACHER_BUNDLED, algorithm="minillm"),
+        "config.teacher_model_name_or_path",
+    ),
     ("gkd-assistant-loss", _with(GKD, {"assistant_only_loss": True}), "config.assistant_only_loss"),
     (
         "dpo-sync-reference-free",
@@ -72,8 +83,9 @@ def test_an_option_the_engine_cannot_honour_is_a_422_naming_it(client, alice, se
         _with(GRPO, {"sync_ref_model": True, "beta": 0.04}),
         _with(RLOO, {"sync_ref_model": True}),
         _with(GOLD, {"num_generations": 2}),
+        _with(GKD, {"teacher_model_name_or_path": "tiny:llama-hd32"}),
     ],
-    ids=["gkd", "gold", "dpo-sync", "grpo-sync", "rloo-sync", "gold-whole-groups"],
+    ids=["gkd", "gold", "dpo-sync", "grpo-sync", "rloo-sync", "gold-whole-groups", "gkd-same-tokenizer"],
 )
 def test_the_same_jobs_without_the_option_are_accepted(client, alice, body) -> None:
     res = client.post("/v1/jobs", json=body, headers=alice)
