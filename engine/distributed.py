@@ -140,6 +140,16 @@ def gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return rows.to(tensor.device), sum(counts[: procs.rank])
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order (tensors inside should be on the CPU). One process: [obj]."""
+    procs = current()
+    if not procs.active:
+        return [obj]
+    out: list[Any] = [None] * procs.world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def shard(items: list[Any], procs: Processes) -> list[Any]:
     """This rank's contiguous share of `items`, split as evenly as possible (earlier ranks get one more)."""
     base, extra = divmod(len(items), procs.world)

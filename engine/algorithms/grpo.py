@@ -35,7 +35,8 @@ completion per process, 8 processes per group). Rewards, lengths and truncation 
 (all_gather), so every rank computes the group and batch statistics of the whole generation, keeps the
 advantages of its own rows, and logs exact global rollout metrics. The step's counts are summed over ranks
 and entropy thresholds are taken over every rank's tokens (`engine.distributed`). The GFPO filter needs
-whole groups on each rank, which `engine.spec.unsupported` checks.
+whole groups on each rank, which `engine.spec.unsupported` checks. Dynamic sampling gathers each round's
+completions on every rank, so all ranks choose the same groups; each keeps its share of the batch.
 
 Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
 job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
@@ -290,6 +291,9 @@ class GRPOTrainer:
         self._step_entropy: Any = 0.0
         self.last_rollout: ScoredRollout | None = None
         self.stepper: OptimizerStep | None = None
+        rank = distributed.current().rank
+        if rank:  # the weights are loaded alike everywhere; sampling must differ between ranks
+            seed_everything(ctx.seed + rank)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -390,23 +394,28 @@ class GRPOTrainer:
         return self._score(*self._dynamic_sampling())
 
     def _dynamic_sampling(self) -> tuple[Sampled, dict[str, float]]:
-        """DAPO dynamic sampling (one process): sample until the batch has only groups whose accuracy
-        differs, up to `max_dynamic_sampling_rounds` rounds."""
+        """DAPO dynamic sampling: sample until the batch has only groups whose accuracy differs, up to
+        `max_dynamic_sampling_rounds` rounds. With several processes each rank samples its share of a
+        round and every rank gathers the round's completions, so all ranks choose the same groups; each
+        then keeps its share of the chosen batch (a round samples at least one completion per rank)."""
         G, aggregation = self.plan.num_generations, self.objective.aggregation
-        need = self.plan.prompts_per_generation
+        need, world = self.plan.prompts_per_generation, self.plan.world
         kept: list[Sampled] = []
         spare: list[Sampled] = []
         have, rounds, groups_seen, zero_std_seen, padded = 0, 0, 0, 0, 0
         while have < need:
             rounds += 1
-            part = self._sample(self._take_slots(need - have))
+            prompts = max(need - have, math.ceil(world / G))
+            part = self._sample(self._take_slots(prompts))
+            if world > 1:
+                part = Sampled.concat(distributed.all_gather_objects(part.cpu()), self.pad_id)
             combined = adv_lib.combine_rewards(part.rewards, self.reward_weights, aggregation, G)
             flat = adv_lib.zero_variance_groups(combined, G).tolist()
             groups_seen += len(flat)
             zero_std_seen += sum(flat)
             solved = adv_lib.accuracy_rewards(part.rewards, self.reward_names, self.reward_weights)
             flat = adv_lib.zero_variance_groups(solved, G).tolist()
-            good = [g for g, f in enumerate(flat) if not f]
+            good = [g for g, f in enumerate(flat) if not f][: need - have]
             bad = [g for g, f in enumerate(flat) if f]
             if good:
                 kept.append(part.select(_group_rows(good, G)))
@@ -432,7 +441,10 @@ class GRPOTrainer:
             "rollout/dynamic_sampling_rounds": float(rounds),
             "rollout/dynamic_sampling_padded_groups": float(padded),
         }
-        return Sampled.concat(kept, self.pad_id), metrics
+        batch = Sampled.concat(kept, self.pad_id)
+        if world > 1:
+            batch = batch.select(distributed.shard(list(range(len(batch))), distributed.current()))
+        return batch, metrics
 
     def _score(self, part: Sampled, metrics: dict[str, float]) -> ScoredRollout:
         """Loss mask, log-probs, advantages (after the GFPO filter, if any) and metrics of one batch.

@@ -13,7 +13,7 @@ or None for a row without images); a micro-batch concatenates those of its rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -148,6 +148,20 @@ class Sampled:
             truncated=[self.truncated[r] for r in rows],
             vision=None if self.vision is None else [self.vision[r] for r in rows],
         )
+
+    def cpu(self) -> Sampled:
+        """The same rows with every tensor on the host (to send to other processes)."""
+        o = self.out
+        out = RolloutOutput(
+            prompt_ids=o.prompt_ids.cpu(),
+            prompt_mask=o.prompt_mask.cpu(),
+            completion_ids=o.completion_ids.cpu(),
+            completion_mask=o.completion_mask.cpu(),
+            is_truncated=o.is_truncated.cpu(),
+            sampling_logps=None if o.sampling_logps is None else o.sampling_logps.cpu(),
+            policy_version=o.policy_version,
+        )
+        return replace(self, out=out, rewards=self.rewards.cpu())
 
     @staticmethod
     def concat(parts: Sequence[Sampled], pad_token_id: int) -> Sampled:

@@ -541,11 +541,6 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
                 f"completions per process and generation cut groups of {cfg.num_generations}: make "
                 "per_device_train_batch_size x steps_per_generation a multiple of num_generations",
             )
-        if getattr(cfg, "dynamic_sampling", False):
-            return SpecError(
-                "config.dynamic_sampling",
-                "dynamic sampling runs in one process only for now; remove it or 'distributed'",
-            )
         if getattr(cfg, "use_vllm", False):
             return SpecError("config.use_vllm", "use_vllm runs in one process only for now")
     return None

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -169,5 +172,42 @@ def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_rewa
     spec = {**straddling(hash_reward, teacher_model_name_or_path=teacher_dir), "algorithm": "minillm"}
     a, b = one_and_two(tmp_path, spec)
     assert b["distill/rkl_reward"] == pytest.approx(a["distill/rkl_reward"], rel=1e-5)
+    assert advantages(tmp_path / "two", 2) == pytest.approx(advantages(tmp_path / "one", 1), abs=1e-5)
+    assert_same_gradients(tmp_path)
+
+
+class _CoinReward(BaseHTTPRequestHandler):
+    """1 for about a quarter of the completions (a hash of the text), else 0: many groups are all 0."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        rewards = [float(zlib.crc32(json.dumps(c).encode()) % 4 == 0) for c in body["completion_ids"]]
+        payload = json.dumps({"rewards": rewards}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def coin_reward():
+    httpd = HTTPServer(("127.0.0.1", 0), _CoinReward)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield [{"name": "http", "url": f"http://127.0.0.1:{httpd.server_address[1]}/"}]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_dynamic_sampling_over_two_ranks_matches_one_process(tmp_path, coin_reward):
+    # Every rank gathers each round's completions, so both runs keep the same groups in the same rounds.
+    spec = straddling(coin_reward, dynamic_sampling=True, max_dynamic_sampling_rounds=3)
+    spec["dataset"]["num_rows"] = 16
+    a, b = one_and_two(tmp_path, spec)
+    assert a["rollout/dynamic_sampling_rounds"] >= 2  # a group without signal was sampled again
+    for key in ("rollout/dynamic_sampling_rounds", "rollout/dynamic_sampling_padded_groups", *ROLLOUT_STATS):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     assert advantages(tmp_path / "two", 2) == pytest.approx(advantages(tmp_path / "one", 1), abs=1e-5)
     assert_same_gradients(tmp_path)

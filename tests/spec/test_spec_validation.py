@@ -246,13 +246,6 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
             "grpo",
             "arithmetic",
             {"num_processes": 2},
-            {"num_generations": 4, "dynamic_sampling": True},
-            "config.dynamic_sampling",
-        ),
-        (
-            "grpo",
-            "arithmetic",
-            {"num_processes": 2},
             {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
             "config.use_vllm",
         ),
@@ -314,6 +307,7 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
             {"per_device_train_batch_size": 2, "num_generations": 4},
         ),
         ("minillm", "arithmetic", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}),
+        ("grpo", "arithmetic", {"num_processes": 2}, {"num_generations": 4, "dynamic_sampling": True}),
         (
             "gfpo",
             "arithmetic",
