@@ -177,3 +177,19 @@ def test_image_jobs_need_a_vision_language_model_at_submission():
     for algorithm in ("grpo", "papo"):
         problem = unsupported(parse_job_spec({**shapes, "algorithm": algorithm, "model": "tiny:llama"}))
         assert problem.field == "model" and "vision-language" in str(problem)
+
+
+def test_a_saved_vision_model_loads_back_from_its_folder(tmp_path):
+    from engine.models import is_vision_model, save_model
+
+    model = load_model("tiny:vlm")
+    save_model(model, load_processor("tiny:vlm"), tmp_path / "vlm")
+    assert is_vision_model(str(tmp_path / "vlm")) and not is_vision_model("tiny:llama")
+    again = load_model(str(tmp_path / "vlm"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    processor = load_processor(str(tmp_path / "vlm"))
+    rows = image_rows([{"prompt": "n?", "images": [png()]}], ImageSource())
+    ids = VisionPromptEncoder(processor, 200, ImageSource()).row(0, rows[0]["prompt"])
+    assert ids.count(processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)) == 16
