@@ -1,6 +1,6 @@
 """What every training loop shares: context, precision, optimizer, schedule, batches, metrics, checkpoints.
 
-A loop is built from these pieces (see `sft.py`, `dpo.py`):
+A loop is built from these pieces (the offline algorithms through `offline.OfflineAlgorithm`):
 
     ctx.device / ctx.dtype / ctx.autocast()     where and in what precision the forward runs
     build_optimizer(model, cfg), build_scheduler(opt, cfg, total_steps)

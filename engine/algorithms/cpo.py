@@ -1,6 +1,6 @@
 """Contrastive preference optimisation and its reference-free relatives (CPO, SimPO, AlphaPO).
 
-    final_dir = train(spec, ctx)        # spec.algorithm == "cpo"
+    final_dir = train(spec, ctx)        # spec.algorithm == "cpo"; the pieces: class `CPO`
 
 Per micro-batch of B prompt/chosen/rejected pairs (tokenized and truncated as for DPO, keep_end prompts):
 one policy forward over 2B rows ([prompt+chosen]_1..B, [prompt+rejected]_1..B), summed completion log-probs,
@@ -19,111 +19,49 @@ from typing import Any
 
 import torch
 
-from engine.algorithms.common import (
-    BatchStream,
-    OfflineParts,
-    StepMetrics,
-    TrainContext,
-    offline_evaluator,
-    run_offline_loop,
-)
+from engine.algorithms.common import StepMetrics, TrainContext
+from engine.algorithms.offline import OfflineAlgorithm
+from engine.algorithms.offline_data import preference_pairs
+from engine.algorithms.reference import summed_logps
 from engine.data.collate import PreferenceTokenBatch, collate_preferences
-from engine.data.formats import DataFormatError, expect_format
-from engine.data.sources import load_rows
-from engine.data.tokenize import PreferenceExample, tokenize_preferences
-from engine.logprobs import token_logprobs
 from engine.losses import CPOLossConfig, PreferenceBatch, cpo_loss
-from engine.models import load_policy, load_tokenizer
 
 
-def prepare_pairs(
-    spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None
-) -> list[PreferenceExample]:
-    cfg = spec.config
-    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
-    _, rows = expect_format(rows, ("preference",), "cpo")
-    pairs, dropped = tokenize_preferences(
-        rows,
-        tokenizer,
-        max_length=cfg.max_length,
-        max_prompt_length=cfg.max_prompt_length,
-        max_completion_length=cfg.max_completion_length,
-        truncation_mode="keep_end",  # the seed-era CPO default; CPOConfig has no truncation_mode
-    )
-    if not pairs:
-        raise DataFormatError(
-            f"no preference pair is left after truncation (max_length={cfg.max_length}, "
-            f"max_prompt_length={cfg.max_prompt_length}); raise max_length"
-        )
-    kind = "eval" if dataset is not None else "cpo"
-    ctx.events.log(f"{kind} data: {len(pairs)} pairs ({dropped} dropped: empty after truncation)")
-    return pairs
+class CPO(OfflineAlgorithm):
+    """A batch is a `PreferenceTokenBatch`; counts: (pairs, chosen completion tokens) of the step."""
 
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        return preference_pairs(self.spec, self.ctx, self.tokenizer, dataset)
 
-def train(spec: Any, ctx: TrainContext) -> Path:
-    cfg = spec.config
-    tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
-    pairs = prepare_pairs(spec, ctx, tokenizer)
-    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
-    policy = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
-    loss_cfg = CPOLossConfig.from_spec(cfg)
-    needs_nll = loss_cfg.cpo_alpha != 0.0
-    pad_id = tokenizer.pad_token_id
+    def after_load(self) -> None:
+        self.loss_cfg = CPOLossConfig.from_spec(self.cfg)
+        self.needs_nll = self.loss_cfg.cpo_alpha != 0.0
 
-    def collate_from(source: list[PreferenceExample]) -> Any:
-        def collate(indices: list[int]) -> PreferenceTokenBatch:
-            return collate_preferences([source[i] for i in indices], pad_id).to(ctx.device)
+    def collate(self, indices: list[int], split: str = "train") -> PreferenceTokenBatch:
+        source = self.examples if split == "train" else self.eval_examples
+        return collate_preferences([source[i] for i in indices], self.pad_id).to(self.ctx.device)
 
-        return collate
-
-    def counts(batches: list[PreferenceTokenBatch]) -> tuple[int, int]:
+    def counts(self, batches: list[PreferenceTokenBatch]) -> tuple[int, int]:
         return sum(b.num_pairs for b in batches), sum(b.num_chosen_tokens for b in batches)
 
     def micro_step(
-        batch: PreferenceTokenBatch, step_counts: tuple[int, int], metrics: StepMetrics
+        self, batch: PreferenceTokenBatch, counts: tuple[int, int], metrics: StepMetrics
     ) -> torch.Tensor:
-        tokens, n = batch.tokens, batch.num_pairs
-        logps, _ = token_logprobs(
-            policy,
-            tokens.input_ids,
-            tokens.attention_mask,
-            tokens.logits_to_keep,
-            mask=tokens.loss_mask,
-            index=tokens.target_index,
-        )
-        seq = (logps * tokens.loss_mask).sum(-1)  # (2B,) chosen first
+        n = batch.num_pairs
+        seq = summed_logps(self.model, batch.tokens)  # (2B,) chosen first
         pb = PreferenceBatch(
             chosen_logps=seq[:n],
             rejected_logps=seq[n:],
             chosen_lengths=batch.chosen_lengths,
             rejected_lengths=batch.rejected_lengths,
-            chosen_nll=-seq[:n] if needs_nll else None,
+            chosen_nll=-seq[:n] if self.needs_nll else None,
         )
-        num_pairs, num_chosen_tokens = step_counts
-        out = cpo_loss(pb, loss_cfg, num_pairs, num_chosen_tokens)
+        num_pairs, num_chosen_tokens = counts
+        out = cpo_loss(pb, self.loss_cfg, num_pairs, num_chosen_tokens)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)
         return out.loss
 
-    evaluate = offline_evaluator(
-        ctx,
-        policy,
-        len(eval_pairs),
-        cfg.per_device_eval_batch_size,
-        collate_from(eval_pairs),
-        counts,
-        micro_step,
-    )
 
-    return run_offline_loop(
-        ctx,
-        OfflineParts(
-            model=policy,
-            tokenizer=tokenizer,
-            stream=BatchStream([p.length for p in pairs], cfg.per_device_train_batch_size, cfg.seed),
-            collate=collate_from(pairs),
-            counts=counts,
-            micro_step=micro_step,
-            evaluate=evaluate,
-        ),
-    )
+def train(spec: Any, ctx: TrainContext) -> Path:
+    return CPO(spec, ctx).train()

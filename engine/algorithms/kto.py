@@ -1,6 +1,6 @@
 """Kahneman-Tversky optimisation (arXiv 2402.01306) on unpaired feedback.
 
-    final_dir = train(spec, ctx)        # spec.algorithm == "kto"
+    final_dir = train(spec, ctx)        # spec.algorithm == "kto"; the pieces: class `KTO`
 
 Data: unpaired (prompt, completion, label) rows, or preference pairs, which are unpaired and shuffled
 (`engine.data.unpaired`). Per micro-batch of B rows: one policy forward over the rows (sums of completion
@@ -11,8 +11,7 @@ z0 = max(0, mean(log pi - log ref)) over the micro-batch, a constant. `kto` / `a
 `engine.losses.kto_loss`, normalised by the rows of the whole optimizer step; metrics `rewards/*`,
 `logps/*`, `kto/kl`, `kto/loss`. Single process: z0 is not averaged over ranks.
 
-The unpaired data pieces (`prepare_unpaired`, `sequence_logps`, `reference_sequence_logps`) are shared with
-BCO (`bco.py`).
+What KTO and BCO share (unpaired rows, their counts) is `UnpairedAlgorithm`.
 """
 
 from __future__ import annotations
@@ -23,99 +22,34 @@ from typing import Any
 
 import torch
 
-from engine.algorithms.common import (
-    BatchStream,
-    OfflineParts,
-    StepMetrics,
-    TrainContext,
-    offline_evaluator,
-    run_offline_loop,
-)
-from engine.data.collate import TokenBatch
-from engine.data.formats import DataFormatError, expect_format
-from engine.data.sources import load_rows
-from engine.data.unpaired import (
-    UnpairedExample,
-    UnpairedTokenBatch,
-    assign_kl_completions,
-    collate_unpaired,
-    tokenize_unpaired,
-)
-from engine.logprobs import token_logprobs
+from engine.algorithms.common import StepMetrics, TrainContext
+from engine.algorithms.offline import OfflineAlgorithm
+from engine.algorithms.offline_data import unpaired_examples
+from engine.algorithms.reference import lookup, precompute, reference_logps, summed_logps
+from engine.data.unpaired import UnpairedExample, UnpairedTokenBatch, collate_unpaired
 from engine.losses import KTOLossConfig, UnpairedBatch, UnpairedCounts, kto_loss, kto_reference_point
-from engine.models import Reference, load_policy, load_reference, load_tokenizer
-
-UNPAIRED_FORMATS = ("unpaired", "preference")
+from engine.models import Reference, load_reference
 
 
-def prepare_unpaired(
-    spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None, with_kl: bool = False
-) -> list[UnpairedExample]:
-    """Tokenized unpaired rows of the job's dataset (or `dataset`), with KL partners when `with_kl`."""
-    cfg = spec.config
-    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
-    fmt, rows = expect_format(rows, UNPAIRED_FORMATS, spec.algorithm)
-    examples, dropped = tokenize_unpaired(
-        rows,
-        fmt,
-        tokenizer,
-        max_length=cfg.max_length,
-        max_prompt_length=cfg.max_prompt_length,
-        max_completion_length=cfg.max_completion_length,
-        seed=cfg.seed,
-    )
-    if not examples:
-        raise DataFormatError(
-            f"no row is left after truncation (max_length={cfg.max_length}, "
-            f"max_prompt_length={cfg.max_prompt_length}); raise max_length"
+class UnpairedAlgorithm(OfflineAlgorithm):
+    """Unpaired rows (`offline_data.unpaired_examples`); a batch has `.batch`, an `UnpairedTokenBatch`."""
+
+    with_kl = False  # whether rows carry KTO's mismatched completions
+
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        return unpaired_examples(self.spec, self.ctx, self.tokenizer, dataset, with_kl=self.with_kl)
+
+    def collate_rows(self, indices: list[int], split: str) -> UnpairedTokenBatch:
+        source = self.examples if split == "train" else self.eval_examples
+        return collate_unpaired([source[i] for i in indices], self.pad_id, self.with_kl).to(self.ctx.device)
+
+    def counts(self, batches: list[Any]) -> UnpairedCounts:
+        """Rows, desirable and undesirable rows of an optimizer step (host ints)."""
+        return UnpairedCounts(
+            num_rows=sum(i.batch.num_rows for i in batches),
+            num_desirable=sum(i.batch.num_desirable for i in batches),
+            num_undesirable=sum(i.batch.num_undesirable for i in batches),
         )
-    if with_kl:
-        if len(examples) < 2:
-            raise DataFormatError(
-                "kto needs at least 2 rows: its KL estimate pairs a prompt with another row"
-            )
-        assign_kl_completions(examples, cfg.max_length)
-    desirable = sum(e.label for e in examples)
-    kind = "eval" if dataset is not None else spec.algorithm
-    source = " (unpaired from preference pairs, shuffled)" if fmt == "preference" else ""
-    ctx.events.log(
-        f"{kind} data: {len(examples)} rows{source}: {desirable} desirable, "
-        f"{len(examples) - desirable} undesirable ({dropped} dropped: empty after truncation)"
-    )
-    if dataset is None and desirable in (0, len(examples)):
-        ctx.events.log(
-            f"{kind} data has a single label: every row is {'un' * (desirable == 0)}desirable", "warning"
-        )
-    return examples
-
-
-def sequence_logps(model: Any, tokens: TokenBatch) -> torch.Tensor:
-    """(B,) sums of the completion-token log-probs of `tokens` under `model`."""
-    logps, _ = token_logprobs(
-        model,
-        tokens.input_ids,
-        tokens.attention_mask,
-        tokens.logits_to_keep,
-        mask=tokens.loss_mask,
-        index=tokens.target_index,
-    )
-    return (logps * tokens.loss_mask).sum(-1)
-
-
-def reference_sequence_logps(ref: Reference, tokens: TokenBatch) -> torch.Tensor:
-    """(B,) reference sums of completion log-probs, under inference mode."""
-    with ref.use() as model:
-        seq = sequence_logps(model, tokens)
-    return seq.clone()  # a normal tensor (outside inference mode) that autograd may use
-
-
-def unpaired_counts(batches: list[Any]) -> UnpairedCounts:
-    """Rows, desirable and undesirable rows of an optimizer step (host ints; each item has `.batch`)."""
-    return UnpairedCounts(
-        num_rows=sum(i.batch.num_rows for i in batches),
-        num_desirable=sum(i.batch.num_desirable for i in batches),
-        num_undesirable=sum(i.batch.num_undesirable for i in batches),
-    )
 
 
 @dataclass
@@ -123,27 +57,6 @@ class KTOItem:
     batch: UnpairedTokenBatch  # on the device
     ref_logps: torch.Tensor | None  # (B,) precomputed reference log-probs of the rows, or None
     ref_kl_logps: torch.Tensor | None  # (B,) same for the KL rows
-
-
-def precompute_reference(
-    ref: Reference,
-    examples: list[UnpairedExample],
-    pad_id: int,
-    batch_size: int,
-    with_kl: bool,
-    ctx: TrainContext,
-) -> torch.Tensor:
-    """(N, 2) reference log-probs of every row and of its KL row (0 without KL rows), on the CPU."""
-    out = torch.zeros(len(examples), 2, dtype=torch.float32)
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
-    for start in range(0, len(order), batch_size):
-        indices = torch.tensor(order[start : start + batch_size])
-        batch = collate_unpaired([examples[i] for i in indices.tolist()], pad_id, with_kl).to(ctx.device)
-        with ctx.autocast():
-            out[indices, 0] = reference_sequence_logps(ref, batch.tokens).float().cpu()
-            if batch.kl_tokens is not None:
-                out[indices, 1] = reference_sequence_logps(ref, batch.kl_tokens).float().cpu()
-    return out
 
 
 def check_weights(cfg: Any, examples: list[UnpairedExample], ctx: TrainContext) -> None:
@@ -161,80 +74,73 @@ def check_weights(cfg: Any, examples: list[UnpairedExample], ctx: TrainContext) 
         )
 
 
-def train(spec: Any, ctx: TrainContext) -> Path:
-    cfg = spec.config
-    with_kl = cfg.loss_type == "kto"
-    tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
-    examples = prepare_unpaired(spec, ctx, tokenizer, with_kl=with_kl)
-    check_weights(cfg, examples, ctx)
-    eval_examples = (
-        prepare_unpaired(spec, ctx, tokenizer, spec.eval_dataset, with_kl=with_kl)
-        if spec.eval_dataset
-        else []
-    )
-    policy = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
-    # The reference is taken before any step (and before a resume loads trained weights into the policy).
-    ref: Reference | None = load_reference(spec, policy, ctx.device, ctx.dtype)
-    loss_cfg = KTOLossConfig.from_spec(cfg)
-    pad_id = tokenizer.pad_token_id
-    bs = cfg.per_device_train_batch_size
+class KTO(UnpairedAlgorithm):
+    """A batch is a `KTOItem`; counts: `UnpairedCounts` of the step."""
 
-    tables: dict[str, torch.Tensor] = {}
-    if cfg.precompute_ref_log_probs:
-        tables["train"] = precompute_reference(ref, examples, pad_id, bs, with_kl, ctx)
-        if eval_examples:
-            tables["eval"] = precompute_reference(ref, eval_examples, pad_id, bs, with_kl, ctx)
-        ctx.events.log(f"precomputed reference log-probs for {len(examples)} rows")
-        ref = None  # frees a separate copy (a LoRA reference is the policy itself: nothing to free)
+    def __init__(self, spec: Any, ctx: TrainContext) -> None:
+        super().__init__(spec, ctx)
+        self.with_kl = self.cfg.loss_type == "kto"
 
-    def collate_from(source: list[UnpairedExample], table: str) -> Any:
-        def collate(indices: list[int]) -> KTOItem:
-            batch = collate_unpaired([source[i] for i in indices], pad_id, with_kl).to(ctx.device)
-            if table not in tables:
-                return KTOItem(batch, None, None)
-            pre = tables[table][torch.tensor(indices)].to(ctx.device)
-            return KTOItem(batch, pre[:, 0], pre[:, 1] if with_kl else None)
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        examples = super().prepare(dataset)
+        if dataset is None:
+            check_weights(self.cfg, examples, self.ctx)
+        return examples
 
-        return collate
+    def after_load(self) -> None:
+        ctx = self.ctx
+        self.loss_cfg = KTOLossConfig.from_spec(self.cfg)
+        # The reference is taken before any step (and before a resume loads trained weights into the policy).
+        self.ref: Reference | None = load_reference(self.spec, self.model, ctx.device, ctx.dtype)
+        self.tables: dict[str, torch.Tensor] = {}
+        if self.cfg.precompute_ref_log_probs:
+            for split, source in (("train", self.examples), ("eval", self.eval_examples)):
+                if source:
+                    self.tables[split] = self._precompute(source)
+            ctx.events.log(f"precomputed reference log-probs for {len(self.examples)} rows")
+            self.ref = None  # frees a separate copy (a LoRA reference is the policy itself: nothing to free)
 
-    def micro_step(item: KTOItem, counts: UnpairedCounts, metrics: StepMetrics) -> torch.Tensor:
+    def _precompute(self, source: list[UnpairedExample]) -> torch.Tensor:
+        """(N, 2) reference log-probs of every row and of its KL row (0 without KL rows)."""
+        ref = self.ref
+        assert ref is not None
+
+        def score(batch: UnpairedTokenBatch) -> torch.Tensor:
+            rows = reference_logps(ref, batch.tokens)
+            kl = (
+                reference_logps(ref, batch.kl_tokens)
+                if batch.kl_tokens is not None
+                else torch.zeros_like(rows)
+            )
+            return torch.stack([rows, kl], dim=1)
+
+        collate = lambda ex: collate_unpaired(ex, self.pad_id, self.with_kl)  # noqa: E731
+        return precompute(source, collate, self.cfg.per_device_train_batch_size, score, self.ctx)
+
+    def collate(self, indices: list[int], split: str = "train") -> KTOItem:
+        batch = self.collate_rows(indices, split)
+        pre = lookup(self.tables.get(split), indices, self.ctx.device)
+        if pre is None:
+            return KTOItem(batch, None, None)
+        return KTOItem(batch, pre[:, 0], pre[:, 1] if self.with_kl else None)
+
+    def micro_step(self, item: KTOItem, counts: UnpairedCounts, metrics: StepMetrics) -> torch.Tensor:
         batch = item.batch
-        logps = sequence_logps(policy, batch.tokens)
-        ref_logps = (
-            item.ref_logps if item.ref_logps is not None else reference_sequence_logps(ref, batch.tokens)
-        )
+        logps = summed_logps(self.model, batch.tokens)
+        ref_logps = item.ref_logps if item.ref_logps is not None else reference_logps(self.ref, batch.tokens)
         z0 = None
         if batch.kl_tokens is not None:
             with torch.no_grad():  # z0 is a constant: the policy's KL forward gets no gradient
-                kl_logps = sequence_logps(policy, batch.kl_tokens)
+                kl_logps = summed_logps(self.model, batch.kl_tokens)
             kl_ref = item.ref_kl_logps
             if kl_ref is None:
-                kl_ref = reference_sequence_logps(ref, batch.kl_tokens)
+                kl_ref = reference_logps(self.ref, batch.kl_tokens)
             z0 = kto_reference_point(kl_logps, kl_ref)
-        out = kto_loss(UnpairedBatch(logps, ref_logps, batch.labels), loss_cfg, counts, kl_reference=z0)
+        out = kto_loss(UnpairedBatch(logps, ref_logps, batch.labels), self.loss_cfg, counts, kl_reference=z0)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)
         return out.loss
 
-    evaluate = offline_evaluator(
-        ctx,
-        policy,
-        len(eval_examples),
-        cfg.per_device_eval_batch_size,
-        collate_from(eval_examples, "eval"),
-        unpaired_counts,
-        micro_step,
-    )
 
-    return run_offline_loop(
-        ctx,
-        OfflineParts(
-            model=policy,
-            tokenizer=tokenizer,
-            stream=BatchStream([e.length for e in examples], bs, cfg.seed),
-            collate=collate_from(examples, "train"),
-            counts=unpaired_counts,
-            micro_step=micro_step,
-            evaluate=evaluate,
-        ),
-    )
+def train(spec: Any, ctx: TrainContext) -> Path:
+    return KTO(spec, ctx).train()

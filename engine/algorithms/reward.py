@@ -1,6 +1,6 @@
 """Reward modelling: a Bradley-Terry sequence classifier on preference pairs.
 
-    final_dir = train(spec, ctx)        # spec.algorithm == "reward"
+    final_dir = train(spec, ctx)        # spec.algorithm == "reward"; the pieces: class `Reward`
 
 The model is a sequence classifier with exactly one label: for `tiny:llama` a `LlamaForSequenceClassification`
 built from the tiny config, its decoder weights copied from the tiny causal LM and its `score` head seeded;
@@ -25,29 +25,16 @@ from typing import Any
 
 import torch
 
-from engine.algorithms.common import (
-    BatchStream,
-    OfflineParts,
-    StepMetrics,
-    TrainContext,
-    offline_evaluator,
-    run_offline_loop,
-)
-from engine.data.formats import DataFormatError, expect_format
-from engine.data.reward_pairs import (
-    RewardExample,
-    RewardTokenBatch,
-    collate_reward_pairs,
-    tokenize_reward_pairs,
-)
-from engine.data.sources import load_rows
+from engine.algorithms.common import StepMetrics, TrainContext
+from engine.algorithms.offline import OfflineAlgorithm
+from engine.algorithms.offline_data import reward_pairs
+from engine.data.reward_pairs import RewardTokenBatch, collate_reward_pairs
 from engine.losses import reward_loss
 from engine.models import (
     TINY_SEED,
     add_lora,
     build_tiny_model,
     disable_dropout,
-    load_tokenizer,
     resolve_model_path,
 )
 
@@ -105,42 +92,26 @@ def load_reward_model(
     return model.to(device)
 
 
-def prepare_pairs(spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None) -> list[RewardExample]:
-    cfg = spec.config
-    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
-    _, rows = expect_format(rows, ("preference",), "reward")
-    pairs, dropped = tokenize_reward_pairs(rows, tokenizer, max_length=cfg.max_length)
-    if not pairs:
-        raise DataFormatError(
-            f"every pair is longer than max_length={cfg.max_length} tokens; raise max_length"
+class Reward(OfflineAlgorithm):
+    """A batch is a `RewardTokenBatch`; counts: the pairs of the step."""
+
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        return reward_pairs(self.spec, self.ctx, self.tokenizer, dataset)
+
+    def load_model(self) -> Any:
+        return load_reward_model(
+            self.spec, self.tokenizer, self.ctx.device, self.ctx.dtype, self.ctx.cache_dir
         )
-    kind = "eval" if dataset is not None else "reward"
-    margin = " with margins" if pairs[0].margin is not None else ""
-    ctx.events.log(
-        f"{kind} data: {len(pairs)} pairs{margin} ({dropped} dropped: longer than max_length={cfg.max_length})"
-    )
-    return pairs
 
+    def collate(self, indices: list[int], split: str = "train") -> RewardTokenBatch:
+        source = self.examples if split == "train" else self.eval_examples
+        return collate_reward_pairs([source[i] for i in indices], self.pad_id).to(self.ctx.device)
 
-def train(spec: Any, ctx: TrainContext) -> Path:
-    cfg = spec.config
-    tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
-    pairs = prepare_pairs(spec, ctx, tokenizer)
-    eval_pairs = prepare_pairs(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
-    model = load_reward_model(spec, tokenizer, ctx.device, ctx.dtype, ctx.cache_dir)
-    pad_id = tokenizer.pad_token_id
-
-    def collate_from(source: list[RewardExample]) -> Any:
-        def collate(indices: list[int]) -> RewardTokenBatch:
-            return collate_reward_pairs([source[i] for i in indices], pad_id).to(ctx.device)
-
-        return collate
-
-    def counts(batches: list[RewardTokenBatch]) -> int:
+    def counts(self, batches: list[RewardTokenBatch]) -> int:
         return sum(b.num_pairs for b in batches)
 
-    def micro_step(batch: RewardTokenBatch, num_pairs: int, metrics: StepMetrics) -> torch.Tensor:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    def micro_step(self, batch: RewardTokenBatch, num_pairs: int, metrics: StepMetrics) -> torch.Tensor:
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         rewards = out.logits[:, 0].float()  # (2B,) chosen first
         n = batch.num_pairs
         loss = reward_loss(
@@ -148,32 +119,13 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             rewards[n:],
             num_pairs,
             margin=batch.margin,
-            center_rewards_coefficient=cfg.center_rewards_coefficient,
+            center_rewards_coefficient=self.cfg.center_rewards_coefficient,
         )
         for name, value in loss.metrics.items():
             metrics.add_sum(name, value)
         metrics.add_sum("train/num_tokens", float(batch.num_tokens))
         return loss.loss
 
-    evaluate = offline_evaluator(
-        ctx,
-        model,
-        len(eval_pairs),
-        cfg.per_device_eval_batch_size,
-        collate_from(eval_pairs),
-        counts,
-        micro_step,
-    )
 
-    return run_offline_loop(
-        ctx,
-        OfflineParts(
-            model=model,
-            tokenizer=tokenizer,
-            stream=BatchStream([p.length for p in pairs], cfg.per_device_train_batch_size, cfg.seed),
-            collate=collate_from(pairs),
-            counts=counts,
-            micro_step=micro_step,
-            evaluate=evaluate,
-        ),
-    )
+def train(spec: Any, ctx: TrainContext) -> Path:
+    return Reward(spec, ctx).train()

@@ -1,6 +1,6 @@
 """Supervised fine-tuning: completion-only token loss over prompt/completion, messages or text rows.
 
-    final_dir = train(spec, ctx)        # spec.algorithm == "sft"
+    final_dir = train(spec, ctx)        # spec.algorithm == "sft"; the pieces: class `SFT`
 
 What counts as a target token (`engine.data.tokenize.sft_example`): the completion of prompt/completion
 rows, every assistant turn of messages rows (its end-of-turn tokens included), every token of text rows;
@@ -22,47 +22,13 @@ from typing import Any
 
 import torch
 
-from engine.algorithms.common import (
-    BatchStream,
-    OfflineParts,
-    StepMetrics,
-    TrainContext,
-    offline_evaluator,
-    run_offline_loop,
-)
-from engine.data.collate import collate_sft, pack_bins
-from engine.data.formats import DataFormatError, expect_format
-from engine.data.sources import load_rows
-from engine.data.tokenize import tokenize_sft
-from engine.logprobs import token_logprobs
+from engine.algorithms.common import BatchStream, StepMetrics, TrainContext
+from engine.algorithms.offline import OfflineAlgorithm
+from engine.algorithms.offline_data import sft_examples
+from engine.algorithms.reference import completion_stats
+from engine.data.collate import TokenBatch, collate_sft, pack_bins
 from engine.losses import sft_loss
-from engine.models import load_policy, load_tokenizer, save_model
-
-SFT_FORMATS = ("prompt_completion", "messages", "text")
-
-
-def prepare_examples(spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None) -> list[Any]:
-    cfg = spec.config
-    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
-    fmt, rows = expect_format(rows, SFT_FORMATS, "sft", cfg.dataset_text_field)
-    examples, dropped = tokenize_sft(
-        rows,
-        fmt,
-        tokenizer,
-        max_length=cfg.max_length,
-        truncation_mode=cfg.truncation_mode,
-        completion_only_loss=cfg.completion_only_loss,
-        assistant_only_loss=cfg.assistant_only_loss,
-        text_field=cfg.dataset_text_field,
-        eos_token=cfg.eos_token,
-    )
-    if not examples:
-        raise DataFormatError(
-            f"no {fmt} row has a target token left after truncation to max_length={cfg.max_length}"
-        )
-    kind = "eval" if dataset is not None else "sft"
-    ctx.events.log(f"{kind} data: {len(examples)} {fmt} rows ({dropped} dropped: no target token left)")
-    return examples
+from engine.models import save_model
 
 
 def _bema(cfg: Any, model: torch.nn.Module) -> Any:
@@ -82,85 +48,68 @@ def _bema(cfg: Any, model: torch.nn.Module) -> Any:
     )
 
 
-def train(spec: Any, ctx: TrainContext) -> Path:
-    cfg = spec.config
-    pack = cfg.packing or cfg.padding_free
-    tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
-    examples = prepare_examples(spec, ctx, tokenizer)
-    eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
-    model = load_policy(spec, ctx.device, ctx.dtype, ctx.cache_dir)
-    pad_id = tokenizer.pad_token_id
-    lengths = [len(e.input_ids) for e in examples]
-    units = [[i] for i in range(len(examples))]  # what one row of a batch holds: an example, or a pack
-    if cfg.packing:
-        units = pack_bins(lengths, cfg.max_length or max(lengths))
-        ctx.events.log(
-            f"packing: {len(examples)} examples in {len(units)} packs of <= {cfg.max_length} tokens"
-        )
-    stream = BatchStream(
-        [sum(lengths[i] for i in u) for u in units], cfg.per_device_train_batch_size, cfg.seed
-    )
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    bema = _bema(cfg, model) if cfg.bema is not None else None
+class SFT(OfflineAlgorithm):
+    """A batch is a `TokenBatch` of examples (or packs of examples); counts: the step's target tokens."""
 
-    def collate(indices: list[int]) -> Any:
-        chosen = [examples[i] for u in indices for i in units[u]]
-        return collate_sft(chosen, pad_id, cfg.pad_to_multiple_of, pack).to(ctx.device)
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        return sft_examples(self.spec, self.ctx, self.tokenizer, dataset)
 
-    def counts(batches: list[Any]) -> int:
+    def after_load(self) -> None:
+        cfg = self.cfg
+        lengths = [len(e.input_ids) for e in self.examples]
+        # what one row of a training batch holds: an example, or a pack of examples
+        self.units = [[i] for i in range(len(self.examples))]
+        if cfg.packing:
+            self.units = pack_bins(lengths, cfg.max_length or max(lengths))
+            self.ctx.events.log(
+                f"packing: {len(self.examples)} examples in {len(self.units)} packs of <= {cfg.max_length} tokens"
+            )
+        self.unit_lengths = [sum(lengths[i] for i in u) for u in self.units]
+        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.bema = _bema(cfg, self.model) if cfg.bema is not None else None
+
+    def stream(self) -> BatchStream:
+        return BatchStream(self.unit_lengths, self.cfg.per_device_train_batch_size, self.cfg.seed)
+
+    def collate(self, indices: list[int], split: str = "train") -> TokenBatch:
+        cfg = self.cfg
+        if split == "train":
+            chosen = [self.examples[i] for u in indices for i in self.units[u]]
+        else:
+            chosen = [self.eval_examples[i] for i in indices]
+        pack = cfg.packing or cfg.padding_free
+        return collate_sft(chosen, self.pad_id, cfg.pad_to_multiple_of, pack).to(self.ctx.device)
+
+    def counts(self, batches: list[TokenBatch]) -> int:
         return sum(b.num_tokens for b in batches)
 
-    def micro_step(batch: Any, num_tokens: int, metrics: StepMetrics) -> torch.Tensor:
-        logps, _ = token_logprobs(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.logits_to_keep,
-            mask=batch.loss_mask,
-            index=batch.target_index,
-            packed=batch.packed,
-        )
-        out = sft_loss(logps, batch.loss_mask, cfg.loss_type, num_tokens)
+    def micro_step(self, batch: TokenBatch, num_tokens: int, metrics: StepMetrics) -> torch.Tensor:
+        logps = completion_stats(self.model, batch)["logps"]
+        out = sft_loss(logps, batch.loss_mask, self.cfg.loss_type, num_tokens)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)
         metrics.add_sum("train/num_tokens", float(batch.num_tokens))
         return out.loss
 
-    def on_step_end(step: int) -> None:
-        if bema is not None:
-            bema.step(step, trainable)
+    def on_step_end(self, step: int) -> None:
+        if self.bema is not None:
+            self.bema.step(step, self.trainable)
 
-    def save_bema(final: Path) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"bema": self.bema.state_dict()} if self.bema is not None else {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if self.bema is not None:
+            self.bema.load_state_dict(saved["bema"])
+
+    def save_extra(self, final: Path) -> None:
+        if self.bema is None:
+            return
         with torch.no_grad():
-            for name, value in bema.weights.items():
-                trainable[name].copy_(value)
-        save_model(model, tokenizer, final / "bema")
+            for name, value in self.bema.weights.items():
+                self.trainable[name].copy_(value)
+        save_model(self.model, self.tokenizer, final / "bema")
 
-    evaluate = offline_evaluator(
-        ctx,
-        model,
-        len(eval_examples),
-        cfg.per_device_eval_batch_size,
-        lambda idx: collate_sft([eval_examples[i] for i in idx], pad_id, cfg.pad_to_multiple_of, pack).to(
-            ctx.device
-        ),
-        counts,
-        micro_step,
-    )
 
-    return run_offline_loop(
-        ctx,
-        OfflineParts(
-            model=model,
-            tokenizer=tokenizer,
-            stream=stream,
-            collate=collate,
-            counts=counts,
-            micro_step=micro_step,
-            on_step_end=on_step_end,
-            state_dict=(lambda: {"bema": bema.state_dict()}) if bema is not None else None,
-            load_state_dict=(lambda s: bema.load_state_dict(s["bema"])) if bema is not None else None,
-            save_extra=save_bema if bema is not None else None,
-            evaluate=evaluate,
-        ),
-    )
+def train(spec: Any, ctx: TrainContext) -> Path:
+    return SFT(spec, ctx).train()

@@ -1,0 +1,142 @@
+"""The shape of an offline algorithm: a small class whose pieces the offline loop calls.
+
+    algo = SFT(spec, ctx)
+    algo.setup()                                   # tokenizer, data, model (and reference)
+    batch = algo.collate([0, 1, 2])                # one micro-batch on the device
+    counts = algo.counts([batch])                  # the global counts of an optimizer step
+    loss = algo.micro_step(batch, counts, metrics) # forward + loss, normalised by `counts`
+    final_dir = algo.train()                       # setup, then `run_offline_loop` (each step: step.py)
+
+A subclass says how to read its data (`prepare`), build a batch (`collate`), count a step (`counts`) and
+score a micro-batch (`micro_step`); optional: option checks before anything loads (`check`), what to load
+after the policy (`after_load`: a reference, a weight average), what its checkpoints carry
+(`state_dict` / `load_state_dict`), a hook after each optimizer step (`on_step_end`) and more files in
+DIR/final (`save_extra`). `micro_step` depends on nothing but its arguments and what `setup` loaded, so it
+can be called alone.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.algorithms.common import (
+    BatchStream,
+    OfflineParts,
+    StepMetrics,
+    TrainContext,
+    offline_evaluator,
+    run_offline_loop,
+)
+from engine.models import load_policy, load_tokenizer
+
+
+class OfflineAlgorithm:
+    """Base of the offline algorithms (SFT, DPO, KTO, BCO, CPO, reward)."""
+
+    def __init__(self, spec: Any, ctx: TrainContext) -> None:
+        self.spec, self.ctx, self.cfg = spec, ctx, spec.config
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.examples: list[Any] = []
+        self.eval_examples: list[Any] = []
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Check the options, then load the tokenizer, the training (and evaluation) rows and the model."""
+        spec, ctx = self.spec, self.ctx
+        self.check()
+        self.tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
+        self.examples = self.prepare()
+        self.eval_examples = self.prepare(spec.eval_dataset) if spec.eval_dataset else []
+        self.model = self.load_model()
+        self.after_load()
+
+    def check(self) -> None:
+        """Refuse option combinations this algorithm cannot honour (before anything is loaded)."""
+
+    def prepare(self, dataset: Any = None) -> list[Any]:
+        """The tokenized rows of the job's dataset, or of `dataset` (the evaluation set)."""
+        raise NotImplementedError
+
+    def load_model(self) -> Any:
+        return load_policy(self.spec, self.ctx.device, self.ctx.dtype, self.ctx.cache_dir)
+
+    def after_load(self) -> None:
+        """Load what the algorithm needs besides the policy (a reference model, ...)."""
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    # -------------------------------------------------------------------------------------- one step
+
+    def collate(self, indices: list[int], split: str = "train") -> Any:
+        """The micro-batch of rows `indices` of the training (or "eval") rows, on the device."""
+        raise NotImplementedError
+
+    def counts(self, batches: list[Any]) -> Any:
+        """The global counts of one optimizer step's micro-batches (host ints, before any forward)."""
+        raise NotImplementedError
+
+    def micro_step(self, batch: Any, counts: Any, metrics: StepMetrics) -> torch.Tensor:
+        """This micro-batch's share of the step's loss (normalised by `counts`); adds its metrics."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------- around steps
+
+    def stream(self) -> BatchStream:
+        """The micro-batch order of training: length-bucketed over the training rows."""
+        return BatchStream(
+            [e.length for e in self.examples], self.cfg.per_device_train_batch_size, self.cfg.seed
+        )
+
+    def on_step_end(self, step: int) -> None:
+        """Called after every optimizer step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm state saved with every checkpoint."""
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore `state_dict()` on resume."""
+
+    def save_extra(self, final: Path) -> None:
+        """Write more into DIR/final after the model."""
+
+    def reference_module(self) -> torch.nn.Module | None:
+        """The separate reference module that `sync_ref_model` moves towards the policy (None: none)."""
+        return None
+
+    # ------------------------------------------------------------------------------------------- train
+
+    def train(self) -> Path:
+        """Set up, then run the offline loop; returns DIR/final."""
+        self.setup()
+        evaluate = offline_evaluator(
+            self.ctx,
+            self.model,
+            len(self.eval_examples),
+            self.cfg.per_device_eval_batch_size,
+            partial(self.collate, split="eval"),
+            self.counts,
+            self.micro_step,
+        )
+        parts = OfflineParts(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            stream=self.stream(),
+            collate=self.collate,
+            counts=self.counts,
+            micro_step=self.micro_step,
+            on_step_end=self.on_step_end,
+            state_dict=self.state_dict,
+            load_state_dict=self.load_state_dict,
+            save_extra=self.save_extra,
+            evaluate=evaluate,
+        )
+        return run_offline_loop(self.ctx, parts, reference=self.reference_module())
