@@ -17,6 +17,7 @@ wrong positions.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,26 @@ def build_tiny_vlm(text_tokenizer: Any, seed: int = 1234) -> Any:
 
 
 def _model_type(path: str) -> str | None:
+    """The `model_type` of a local folder or hub id's config: a local folder as it is now; a hub id from
+    the local cache first and the hub only when it is not cached (as `from_pretrained` would), asked once
+    per process. None when nothing answers."""
+    local = Path(path).expanduser()
+    if local.exists():
+        return _config_type(str(local), True)
+    return _hub_model_type(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_model_type(hub_id: str) -> str | None:
+    return _config_type(hub_id, True) or _config_type(hub_id, False)
+
+
+def _config_type(path: str, local_only: bool) -> str | None:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path).model_type
-    except Exception:  # not a local folder with a config, and no hub access
+        return AutoConfig.from_pretrained(path, local_files_only=local_only).model_type
+    except Exception:  # not a folder with a config, not cached, or no hub access
         return None
 
 
