@@ -47,7 +47,8 @@ def estimate_job(spec: JobSpec, rows: int | None = None) -> Estimate:
     n = _rows(spec, rows)
     if isinstance(cfg, GenerationArgs):  # the online algorithms
         spg = cfg.effective_steps_per_generation
-        completions = cfg.per_device_train_batch_size * spg
+        processes = spec.distributed.num_processes if spec.distributed is not None else 1
+        completions = cfg.per_device_train_batch_size * spg * processes  # a generation, over all processes
         micro_per_epoch = (
             math.ceil(n / (completions // cfg.num_generations)) * spg * cfg.num_iterations if n else None
         )

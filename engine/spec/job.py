@@ -527,11 +527,6 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
         )
     if deepspeed and getattr(cfg, "bema", None) is not None:
         return SpecError("config.bema", "bema is not available with DeepSpeed; remove config.bema")
-    if spec.algorithm == "minillm" and deepspeed and stage == 3:
-        return SpecError(
-            "distributed.deepspeed_config.zero_stage",
-            "MiniLLM's teacher terms are not verified under ZeRO-3 yet; use zero_stage 0-2 or MULTI_GPU",
-        )
     if spec.algorithm in ONLINE_ALGORITHMS:
         per_process = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
         if getattr(cfg, "num_remains_in_group", None) is not None and per_process % cfg.num_generations:

@@ -168,12 +168,18 @@ def teacher_dir(tmp_path_factory):
     return str(path)
 
 
-def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_reward, teacher_dir):  # noqa: F811
+@pytest.mark.parametrize("distributed", [{}, zero(3)], ids=["gradient-sum", "zero3"])
+def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_reward, teacher_dir, distributed):  # noqa: F811
+    if distributed and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("the deepspeed extra is not installed (make deepspeed)")
     spec = {**straddling(hash_reward, teacher_model_name_or_path=teacher_dir), "algorithm": "minillm"}
-    a, b = one_and_two(tmp_path, spec)
+    a, b = one_and_two(tmp_path, spec, distributed)
     assert b["distill/rkl_reward"] == pytest.approx(a["distill/rkl_reward"], rel=1e-5)
     assert advantages(tmp_path / "two", 2) == pytest.approx(advantages(tmp_path / "one", 1), abs=1e-5)
-    assert_same_gradients(tmp_path)
+    if not distributed:
+        assert_same_gradients(tmp_path)
+    else:
+        assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
 
 
 class _CoinReward(BaseHTTPRequestHandler):
@@ -211,3 +217,23 @@ def test_dynamic_sampling_over_two_ranks_matches_one_process(tmp_path, coin_rewa
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     assert advantages(tmp_path / "two", 2) == pytest.approx(advantages(tmp_path / "one", 1), abs=1e-5)
     assert_same_gradients(tmp_path)
+
+
+def test_rloo_with_kl_and_whitening_matches_one_process(tmp_path, hash_reward):  # noqa: F811
+    # The per-row KL enters the reward and the advantages are whitened over the whole generation batch:
+    # both gathered across the ranks.
+    spec = {
+        **straddling(hash_reward, beta=0.05, normalize_advantages=True, max_steps=2),
+        "algorithm": "rloo",
+    }
+    code, one, stderr = run_seeded(spec, tmp_path / "one", 1)
+    assert code == 0, stderr[-3000:]
+    code, two, stderr = run_seeded(halved(spec), tmp_path / "two", 2)
+    assert code == 0, stderr[-3000:]
+    a, b = metrics_by_step(one), metrics_by_step(two)
+    for step in (1, 2):
+        assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5, abs=1e-7), step
+    assert a[2]["policy/kl"] != 0  # the second generation's policy has moved from the reference
+    for step in (1, 2):
+        assert b[step]["policy/kl"] == pytest.approx(a[step]["policy/kl"], rel=1e-5, abs=1e-9), step
+    assert advantages(tmp_path / "two", 2) == pytest.approx(advantages(tmp_path / "one", 1), abs=1e-5)

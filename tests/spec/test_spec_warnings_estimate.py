@@ -105,6 +105,24 @@ def test_estimate_online_counts_prompts_per_generation() -> None:
     assert (est.steps, est.sequences_per_step, est.max_tokens) == (5, 8, 5 * 8 * 48)
 
 
+def test_estimate_online_counts_the_generation_of_all_processes() -> None:
+    # Dr. GRPO as written on 8 processes: 1 completion each, one prompt of 8 per generation.
+    spec = parse_job_spec(
+        {
+            **ARITH,
+            "config": {
+                "loss_type": "dr_grpo",
+                "per_device_train_batch_size": 1,
+                "num_generations": 8,
+                "max_steps": -1,
+                "num_train_epochs": 1,
+            },
+            "distributed": {"num_processes": 8},
+        }
+    )
+    assert estimate_job(spec, rows=10).steps == 10  # one prompt per generation and optimizer step
+
+
 def test_estimate_without_a_row_count_has_no_steps() -> None:
     spec = parse_job_spec({"algorithm": "sft", "model": "tiny:llama", "dataset": {"path": "/data/x.jsonl"}})
     est = estimate_job(spec)
