@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import Reject
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -167,8 +168,27 @@ def _claim(
             log.info("job %s: %s; nothing to do", job_id, exc)
             return None
         out_dir.mkdir(parents=True, exist_ok=True)
+        dropped = drop_unrecorded_checkpoints(out_dir, job.last_checkpoint)
+        if dropped:
+            log.warning(
+                "job %s: removed checkpoint(s) %s that the last attempt saved but never recorded; their "
+                "steps are redone",
+                job_id,
+                [p.name for p in dropped],
+            )
         spec_path = out_dir / "spec.json"
         spec_path.write_text(json.dumps(job.spec_resolved, indent=2, sort_keys=True))
+        history = []
+        resume_step = _checkpoint_step(Path(job.last_checkpoint)) if job.last_checkpoint else None
+        if resume_step is not None and job.mlflow_run_id:  # the steps kept, which MLflow may have missed
+            rows = session.execute(
+                select(JobEvent.step, JobEvent.data, JobEvent.created_at)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "metrics", JobEvent.step <= resume_step)
+                .order_by(JobEvent.id)
+            )
+            history = [
+                {**data, "step": step, "ts": data.get("ts") or at.timestamp()} for step, data, at in rows
+            ]
         return {
             "out_dir": out_dir,
             "spec_path": spec_path,
@@ -178,7 +198,36 @@ def _claim(
             "algorithm": job.algorithm,
             "spec_resolved": job.spec_resolved,
             "mlflow_run_id": job.mlflow_run_id,
+            "history": history,
         }
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    step = path.name.removeprefix("checkpoint-")
+    return int(step) if path.name.startswith("checkpoint-") and step.isdigit() else None
+
+
+def drop_unrecorded_checkpoints(out_dir: Path, recorded: str | None) -> list[Path]:
+    """Remove the checkpoints newer than the job's recorded `last_checkpoint` (all of them when none is
+    recorded); returns what was removed.
+
+    The recorded checkpoint is written in the same transaction as every event before it, so resuming
+    from it redoes exactly the steps whose events may be missing. A checkpoint the engine saved after
+    that (its worker died before the events were written) would make the resumed run skip steps that
+    were never recorded. When the recorded checkpoint itself is gone (pruned by `save_total_limit`),
+    nothing is removed: the newest one on disk is the only way forward."""
+    folder = out_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    recorded_step = _checkpoint_step(Path(recorded)) if recorded else 0
+    if recorded_step is None:
+        return []
+    if recorded and not Path(recorded).is_dir():
+        return []
+    newer = [p for p in folder.iterdir() if p.is_dir() and (_checkpoint_step(p) or 0) > recorded_step]
+    for path in newer:
+        shutil.rmtree(path, ignore_errors=True)
+    return newer
 
 
 def _make_tracker(settings: Settings, claimed: dict[str, Any]) -> MlflowTracker | None:
@@ -195,6 +244,7 @@ def _make_tracker(settings: Settings, claimed: dict[str, Any]) -> MlflowTracker 
                 "papertrain.attempt": str(claimed["attempt"]),
             },
             run_id=claimed["mlflow_run_id"],
+            history=claimed.get("history"),
             log_checkpoints=settings.mlflow_log_checkpoints,
             on_late_finish=functools.partial(
                 _record_tracking, session_factory_for(settings.database_url), claimed["out_dir"].name

@@ -8,7 +8,10 @@
 What goes where: params = the flattened resolved spec (`config.learning_rate`, `model`, ...), metrics =
 every `metrics` event at its step, samples = `samples/step_000010.json` (the prompt images of image samples
 as `samples/step_000010/<sample>_<image>.png`, named in the JSON in place of the inline thumbnails), checkpoints =
-`checkpoints/<folder name>`, the final model = `model/`. A resumed job logs into the same run.
+`checkpoints/<folder name>`, the final model = `model/`. A resumed job logs into the same run: the values
+the run already holds are not sent again (the steps the resumed engine redoes), and the ones the earlier
+attempt recorded in the database but never got to MLflow (its worker died first) are sent from `history`,
+so every step is in the run's metric history once.
 
 Failure-tolerant by design: MLflow being down, slow or misconfigured logs a warning and retries with
 backoff; it never raises into the runner and never fails a job (the job's own event rows in the
@@ -111,6 +114,7 @@ class MlflowTracker:
         log_checkpoints: bool = True,
         catch_up_s: float = CATCH_UP_S,
         on_late_finish: Callable[[str | None, list[str]], None] | None = None,
+        history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root)
@@ -131,6 +135,9 @@ class MlflowTracker:
         self._params_logged = False
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._metrics: deque[tuple[str, float, int, int]] = deque(maxlen=MAX_PENDING_METRICS)
+        self._in_run: dict[str, set[int]] | None = None  # a resumed run's metric steps already in MLflow
+        for event in history or ():  # earlier attempts' metrics events, as the database recorded them
+            self._accept({**event, "type": "metrics"})
         self._artifacts: deque[tuple[str, Any, str]] = deque()
         self._client: Any = None
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{job_id}", daemon=True)
@@ -270,7 +277,9 @@ class MlflowTracker:
 
         while self._metrics:
             batch = [self._metrics[i] for i in range(min(METRICS_PER_BATCH, len(self._metrics)))]
-            client.log_batch(self._run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in batch])
+            fresh = [m for m in batch if self._in_run is None or m[3] not in self._in_run.get(m[0], ())]
+            if fresh:
+                client.log_batch(self._run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in fresh])
             for _ in batch:
                 self._metrics.popleft()
         while self._artifacts:
@@ -320,6 +329,10 @@ class MlflowTracker:
             self._run_id = run.info.run_id
         elif self._resumed:
             client.update_run(self._run_id, status="RUNNING")
+            self._in_run = {
+                key: {m.step for m in client.get_metric_history(self._run_id, key)}
+                for key in client.get_run(self._run_id).data.metrics
+            }
             self._resumed = False
         if not self._params_logged:
             self._log_params(client)

@@ -746,8 +746,14 @@ class GRPOTrainer:
         )
         metrics = StepMetrics(ctx.device)
         self.model.train()
+        masked_steps, steps_run = 0, 0
         while not stepper.done:
             micro, counts, rollouts = self.step_micro_batches()
+            steps_run += 1
+            if counts.num_tokens == 0:  # no token left in the loss: loss and gradient are 0
+                masked_steps += 1
+                if masked_steps == 1:
+                    ctx.events.log(_masked_update_warning(cfg, stepper.step_count + 1), level="warning")
             for rollout, rows in micro:
                 ctx.check_stop()
                 with ctx.timer("forward"):
@@ -775,6 +781,12 @@ class GRPOTrainer:
                 n = cfg.num_completions_to_print or len(self.last_rollout.samples)
                 ctx.events.samples(stepper.step_count, self.last_rollout.samples[:n])
             stepper.save_due(self.sampler.position, dataclasses.asdict(self.state))
+        if masked_steps:
+            ctx.events.log(
+                f"{masked_steps} of {steps_run} optimizer steps had every completion masked out of the loss "
+                "(loss 0, gradient 0)" + ("; the model did not change" if masked_steps == steps_run else ""),
+                level="warning",
+            )
         c = self.counters
         ctx.events.log(
             f"{self.spec.algorithm} counters: generations={c.generations} policy_forwards={c.policy_forwards} "
@@ -809,6 +821,22 @@ class GRPOTrainer:
         saved = state.get("algorithm_state") or {}
         self.state = GRPOState(**{k: v for k, v in saved.items() if k in GRPOState.__dataclass_fields__})
         self.weights_changed = True
+
+
+def _masked_update_warning(cfg: Any, step: int) -> str:
+    why = (
+        f"every completion reached max_completion_length={cfg.max_completion_length} and "
+        "mask_truncated_completions leaves truncated completions out of the loss"
+        if cfg.mask_truncated_completions
+        else "no completion token is left in the loss"
+    )
+    todo = (
+        "raise config.max_completion_length, turn config.mask_truncated_completions off, or use a model "
+        "that ends its answers"
+        if cfg.mask_truncated_completions
+        else "check the completions in the samples"
+    )
+    return f"step {step}: every update was masked: {why}, so loss and gradient are 0 and the model does not change; {todo}"
 
 
 def train(spec: Any, ctx: TrainContext) -> Path:

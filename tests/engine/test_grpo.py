@@ -331,6 +331,33 @@ def test_mask_truncated_completions_zeroes_their_loss_rows(tmp_path):
     assert rollout.metrics["rollout/clipped_ratio"] == pytest.approx(truncated.float().mean().item())
 
 
+def test_updates_with_every_completion_masked_are_reported_as_warnings(tmp_path):
+    """tiny:llama almost never ends an answer in 1 token: with truncated completions masked, nothing is
+    left to learn from, and the events say so instead of reporting a quiet success."""
+    cfg = {"mask_truncated_completions": True, "max_completion_length": 1, "max_steps": 2}
+    t, stream = trainer(tmp_path, cfg)
+    t.train()
+    events = events_of(stream)
+    warnings = [e["message"] for e in events if e["type"] == "log" and e.get("level") == "warning"]
+    steps = metrics_of(events)
+    assert [m["train/loss"] for m in steps] == [0.0, 0.0] and [m["train/grad_norm"] for m in steps] == [
+        0.0,
+        0.0,
+    ]
+    assert any(
+        w.startswith("step 1: every update was masked") and "max_completion_length" in w for w in warnings
+    )
+    assert (
+        "2 of 2 optimizer steps had every completion masked out of the loss (loss 0, gradient 0); the model did not change"
+        in warnings
+    )
+    # the same job without masking keeps its completions in the loss and warns of nothing of the kind
+    t, stream = trainer(tmp_path / "unmasked", {**cfg, "mask_truncated_completions": False})
+    t.train()
+    events = events_of(stream)
+    assert not [e for e in events if e["type"] == "log" and "masked" in e.get("message", "")]
+
+
 def test_prompts_are_left_truncated_to_max_prompt_length(tmp_path):
     t, _ = trainer(tmp_path, {"max_prompt_length": 20})
     ids = t.encoder.encode(t.rows[0]["prompt"])
