@@ -187,9 +187,35 @@ def test_a_saved_vision_model_loads_back_from_its_folder(tmp_path):
     assert is_vision_model(str(tmp_path / "vlm")) and not is_vision_model("tiny:llama")
     again = load_model(str(tmp_path / "vlm"))
     assert all(
-        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
     )
     processor = load_processor(str(tmp_path / "vlm"))
     rows = image_rows([{"prompt": "n?", "images": [png()]}], ImageSource())
     ids = VisionPromptEncoder(processor, 200, ImageSource()).row(0, rows[0]["prompt"])
     assert ids.count(processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)) == 16
+
+
+def test_image_rows_need_a_vision_model_and_papo_needs_images():
+    from types import SimpleNamespace
+
+    from engine.multimodal.job import vision_setup
+
+    def spec(algorithm, model="m", **config):
+        cfg = SimpleNamespace(**{"max_prompt_length": 128, "use_vllm": False, **config})
+        return SimpleNamespace(algorithm=algorithm, model=model, config=cfg, dataset=SimpleNamespace())
+
+    images = [{"prompt": "n?", "images": [png()]}]
+    text = [{"prompt": "n?"}]
+
+    def never():
+        raise AssertionError("no processor is loaded for a refused job")
+
+    formats = ("prompt_only",)
+    assert vision_setup(spec("grpo"), text, None, formats, vlm=False, load_processor=never) is None
+    with pytest.raises(ValueError, match="not a vision-language model"):
+        vision_setup(spec("grpo"), images, None, formats, vlm=False, load_processor=never)
+    with pytest.raises(ValueError, match="name no images"):
+        vision_setup(spec("papo"), text, None, formats, vlm=True, load_processor=never)
+    with pytest.raises(ValueError, match="use_vllm"):
+        vision_setup(spec("grpo", use_vllm=True), images, None, formats, vlm=True, load_processor=never)
