@@ -8,7 +8,9 @@ inference mode (frozen copy of the initial policy, or the LoRA policy with its a
 `engine.losses.bco_loss`: rewards r = beta (log pi - log ref), the running reward mean delta updated with the
 micro-batch's vector of rewards before the loss (training only; evaluation leaves it alone), desirable
 -log s(r - delta), undesirable -log s(-(r - delta)), summed over the rows of the optimizer step. delta is
-saved with every checkpoint and restored on resume. Metrics `rewards/*`, `logps/*`, `bco/delta`,
+saved with every checkpoint and restored on resume. With several processes delta is updated with the
+rewards of every rank's share of the micro-batch (one all-reduce of their sum and count), as one process
+updates it with the whole micro-batch. Metrics `rewards/*`, `logps/*`, `bco/delta`,
 `bco/loss`.
 
 Not supported: underlying-distribution matching (UDM), which needs an embedding model for the prompts;
@@ -24,8 +26,9 @@ from typing import Any
 
 import torch
 
+from engine import distributed
 from engine.algorithms.common import StepMetrics, TrainContext
-from engine.algorithms.kto import UnpairedAlgorithm
+from engine.algorithms.kto import UnpairedAlgorithm, global_sum_count
 from engine.algorithms.reference import reference_logps, summed_logps
 from engine.data.unpaired import UnpairedTokenBatch
 from engine.losses import BCOLossConfig, BCOState, UnpairedBatch, UnpairedCounts, bco_loss
@@ -35,6 +38,7 @@ from engine.models import Reference, load_reference
 @dataclass
 class BCOItem:
     batch: UnpairedTokenBatch  # on the device
+    ghost: bool = False  # a stand-in batch (see `OfflineAlgorithm.ghost`): adds nothing to delta
 
 
 class BCO(UnpairedAlgorithm):
@@ -53,7 +57,13 @@ class BCO(UnpairedAlgorithm):
         tokens, labels = item.batch.tokens, item.batch.labels
         batch = UnpairedBatch(summed_logps(self.model, tokens), reference_logps(self.ref, tokens), labels)
         # delta moves with training batches only (TRL: do_train); evaluation runs in eval mode
-        out = bco_loss(batch, self.loss_cfg, counts, self.state, update_state=self.model.training)
+        update = self.model.training
+        if update and distributed.current().active:  # fold in the rewards of every rank's rows
+            rewards = self.loss_cfg.beta * (batch.logps - batch.ref_logps)
+            total, n = global_sum_count(rewards, item.ghost)
+            self.state.running.update((total / n).reshape(1), count=float(n))
+            update = False
+        out = bco_loss(batch, self.loss_cfg, counts, self.state, update_state=update)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)
         return out.loss

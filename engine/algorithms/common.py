@@ -521,6 +521,8 @@ class OfflineParts:
     state_dict()/load_state_dict(d): optional algorithm state saved in checkpoints.
     save_extra(final_dir): optional hook to write more into DIR/final (e.g. averaged weights).
     evaluate() -> metrics: optional; run every `eval_steps` and after the last step (`evaluate_offline`).
+    ghost(batch) -> batch: optional; marks the stand-in batch of a rank with no rows of its own in a short
+        last batch (its loss is zeroed; a micro-step that all-reduces statistics must add nothing for it).
     """
 
     model: Any
@@ -535,6 +537,7 @@ class OfflineParts:
     save_extra: Callable[[Path], None] | None = None
     on_resume: Callable[[int], None] | None = None
     evaluate: Callable[[], dict[str, float]] | None = None
+    ghost: Callable[[Any], Any] | None = None
 
 
 def run_offline_loop(
@@ -568,6 +571,8 @@ def run_offline_loop(
         # A rank whose share is empty (a short last batch) runs its first row with the loss zeroed, so
         # every rank runs the same number of forwards and backwards (ZeRO-3 gathers parameters in them).
         batches = [(parts.collate(mine or rows[:1]), not mine) for mine, rows in shares]
+        if parts.ghost is not None:
+            batches = [(parts.ghost(b) if ghost else b, ghost) for b, ghost in batches]
         counts = distributed.all_reduce_counts(parts.counts([b for b, ghost in batches if not ghost]))
         for batch, ghost in batches:
             ctx.check_stop()

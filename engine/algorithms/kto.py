@@ -9,19 +9,21 @@ adapter disabled, under inference mode; or precomputed once with `precompute_ref
 `loss_type: kto` the reference point z0 from B mismatched rows (x_i, y'_i), the policy side under no_grad:
 z0 = max(0, mean(log pi - log ref)) over the micro-batch, a constant. `kto` / `apo_zero_unpaired` come from
 `engine.losses.kto_loss`, normalised by the rows of the whole optimizer step; metrics `rewards/*`,
-`logps/*`, `kto/kl`, `kto/loss`. Single process: z0 is not averaged over ranks.
+`logps/*`, `kto/kl`, `kto/loss`. With several processes z0 is the mean over the KL rows of every rank's
+share of the micro-batch (one all-reduce), so it is the z0 one process computes on the same global batch.
 
 What KTO and BCO share (unpaired rows, their counts) is `UnpairedAlgorithm`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine import distributed
 from engine.algorithms.common import StepMetrics, TrainContext
 from engine.algorithms.offline import OfflineAlgorithm
 from engine.algorithms.offline_data import unpaired_examples
@@ -43,6 +45,9 @@ class UnpairedAlgorithm(OfflineAlgorithm):
         source = self.examples if split == "train" else self.eval_examples
         return collate_unpaired([source[i] for i in indices], self.pad_id, self.with_kl).to(self.ctx.device)
 
+    def ghost(self, batch: Any) -> Any:
+        return replace(batch, ghost=True)
+
     def counts(self, batches: list[Any]) -> UnpairedCounts:
         """Rows, desirable and undesirable rows of an optimizer step (host ints)."""
         return UnpairedCounts(
@@ -57,6 +62,27 @@ class KTOItem:
     batch: UnpairedTokenBatch  # on the device
     ref_logps: torch.Tensor | None  # (B,) precomputed reference log-probs of the rows, or None
     ref_kl_logps: torch.Tensor | None  # (B,) same for the KL rows
+    ghost: bool = False  # a stand-in batch (see `OfflineAlgorithm.ghost`): adds nothing to z0
+
+
+def global_sum_count(values: torch.Tensor, ghost: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of `values` over every rank's share of a micro-batch, in float64 (a ghost batch adds
+    nothing); with one process, those of `values`."""
+    count = torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)
+    part = torch.stack([values.detach().double().sum(), count])
+    if ghost:
+        part = torch.zeros_like(part)
+    distributed.all_reduce_sum_(part)
+    return part[0], part[1]
+
+
+def kl_reference(kl_logps: torch.Tensor, kl_ref_logps: torch.Tensor, ghost: bool = False) -> torch.Tensor:
+    """KTO's z0 for a micro-batch: max(0, mean of log pi - log ref over its KL rows), the mean taken over
+    every rank's rows when there are several processes."""
+    if not distributed.current().active:
+        return kto_reference_point(kl_logps, kl_ref_logps)
+    total, n = global_sum_count(kl_logps - kl_ref_logps, ghost)
+    return (total / n).to(kl_logps.dtype).clamp(min=0)
 
 
 def check_weights(cfg: Any, examples: list[UnpairedExample], ctx: TrainContext) -> None:
@@ -135,7 +161,7 @@ class KTO(UnpairedAlgorithm):
             kl_ref = item.ref_kl_logps
             if kl_ref is None:
                 kl_ref = reference_logps(self.ref, batch.kl_tokens)
-            z0 = kto_reference_point(kl_logps, kl_ref)
+            z0 = kl_reference(kl_logps, kl_ref, item.ghost)
         out = kto_loss(UnpairedBatch(logps, ref_logps, batch.labels), self.loss_cfg, counts, kl_reference=z0)
         for name, value in out.metrics.items():
             metrics.add_sum(name, value)

@@ -108,6 +108,12 @@ class OfflineAlgorithm:
     def save_extra(self, final: Path) -> None:
         """Write more into DIR/final after the model."""
 
+    def ghost(self, batch: Any) -> Any:
+        """The stand-in micro-batch of a rank whose share of a short last batch is empty (a copy of a row
+        whose loss the loop zeroes). Algorithms that all-reduce statistics inside `micro_step` mark it so
+        that it adds nothing to them."""
+        return batch
+
     def reference_module(self) -> torch.nn.Module | None:
         """The separate reference module that `sync_ref_model` moves towards the policy (None: none)."""
         return None
@@ -138,5 +144,6 @@ class OfflineAlgorithm:
             load_state_dict=self.load_state_dict,
             save_extra=self.save_extra,
             evaluate=evaluate,
+            ghost=self.ghost,
         )
         return run_offline_loop(self.ctx, parts, reference=self.reference_module())

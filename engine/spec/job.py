@@ -485,10 +485,12 @@ def _multimodal_unsupported(spec: Any) -> SpecError | None:
     return None
 
 
-# Algorithms whose loops are verified to give the single-process result on several processes. The others
-# keep statistics over the batch a rank sees (KTO's KL estimate, BCO's running mean), or filter/teach in
-# ways not checked across ranks yet.
-DISTRIBUTED_ALGORITHMS = frozenset({"sft", "dpo", "cpo", "reward", "grpo", "gfpo", "rloo", "minillm"})
+# Algorithms whose loops are verified to give the single-process result on several processes (KTO's KL
+# estimate and BCO's running mean are taken over every rank's rows). The others filter or teach in ways
+# not checked across ranks yet.
+DISTRIBUTED_ALGORITHMS = frozenset(
+    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "rloo", "minillm"}
+)
 
 
 def _distributed_unsupported(spec: Any) -> SpecError | None:

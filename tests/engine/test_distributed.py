@@ -97,6 +97,21 @@ def test_short_last_batch_leaves_no_rank_idle(tmp_path):
     assert_same_gradients(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "builtin", "num_rows", "statistic"),
+    [("kto", "preferences", 6, "kto/kl"), ("bco", "unpaired", 5, "bco/delta")],
+)
+def test_batch_statistics_are_taken_over_every_rank(tmp_path, algorithm, builtin, num_rows, statistic):
+    # KTO's z0 and BCO's running reward mean come from the whole micro-batch, not a rank's share. Both are
+    # 0 while the policy is its reference, so the job runs 3 steps at a high learning rate. BCO's 5 rows in
+    # batches of 4 give a step of 1 row, where rank 1 runs a stand-in that must add nothing to the mean.
+    spec = tiny_spec(algorithm, builtin, num_rows=num_rows, max_steps=3, **{**SGD, "learning_rate": 1.0})
+    one, two, _ = compare(tmp_path, spec)
+    assert any(abs(m[statistic]) > 1e-4 for m in one.values())  # the statistic did move
+    for step in one:
+        assert two[step][statistic] == pytest.approx(one[step][statistic], rel=1e-5, abs=1e-7), step
+
+
 def test_only_rank_zero_writes_events_and_checkpoints(tmp_path):
     spec = two_processes(tiny_spec("sft", "chat", num_rows=8, max_steps=2, save_steps=1))
     code, events, stderr = run_procs(spec, tmp_path, 2)

@@ -217,7 +217,6 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
 @pytest.mark.parametrize(
     ("algorithm", "dataset", "distributed", "config", "field"),
     [
-        ("kto", "preferences", {"num_processes": 2}, {}, "distributed"),
         ("gkd", "chat", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}, "distributed"),
         (
             "sft",
@@ -281,6 +280,8 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
     ("algorithm", "dataset", "distributed", "config"),
     [
         ("sft", "chat", {"num_processes": 2}, {}),
+        ("kto", "preferences", {"num_processes": 2}, {}),
+        ("bco", "unpaired", {**DS, "deepspeed_config": {"zero_stage": 2}}, {}),
         ("dpo", "preferences", {**DS, "deepspeed_config": {"zero_stage": 3}}, {}),
         ("dpo", "preferences", {"num_processes": 2}, {"sync_ref_model": True}),
         ("grpo", "arithmetic", {**DS, "deepspeed_config": {"zero_stage": 2}}, {"num_generations": 4}),
