@@ -10,6 +10,8 @@ them into the pairwise loss (`sigmoid`, `hinge`, `ipo`, `simpo`, `alphapo`; Alph
 type when `alpha` != 0) normalised by the pairs of the optimizer step, plus `cpo_alpha` times the NLL
 normalised by the chosen completion tokens of the step; `alphapo` forces `cpo_alpha` to 0
 (`CPOConfig.effective_cpo_alpha`). Metrics `rewards/*`, `logps/*`, `cpo/nll_loss`, `cpo/loss`.
+`padding_free`: the chosen and rejected rows of a micro-batch run as one row without padding (per-row
+position ids, no attention across rows), with the same per-row log-probs.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class CPO(OfflineAlgorithm):
 
     def collate(self, indices: list[int], split: str = "train") -> PreferenceTokenBatch:
         source = self.examples if split == "train" else self.eval_examples
-        return collate_preferences([source[i] for i in indices], self.pad_id).to(self.ctx.device)
+        rows = [source[i] for i in indices]
+        return collate_preferences(rows, self.pad_id, pack=self.cfg.padding_free).to(self.ctx.device)
 
     def counts(self, batches: list[PreferenceTokenBatch]) -> tuple[int, int]:
         return sum(b.num_pairs for b in batches), sum(b.num_chosen_tokens for b in batches)

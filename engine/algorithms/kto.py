@@ -12,7 +12,9 @@ z0 = max(0, mean(log pi - log ref)) over the micro-batch, a constant. `kto` / `a
 `logps/*`, `kto/kl`, `kto/loss`. With several processes z0 is the mean over the KL rows of every rank's
 share of the micro-batch (one all-reduce), so it is the z0 one process computes on the same global batch.
 
-What KTO and BCO share (unpaired rows, their counts) is `UnpairedAlgorithm`.
+`padding_free`: the rows (and KL rows) of a micro-batch run as one row without padding (per-row position
+ids, no attention across rows), with the same per-row log-probs. What KTO and BCO share (unpaired rows,
+their counts, `padding_free`) is `UnpairedAlgorithm`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ class UnpairedAlgorithm(OfflineAlgorithm):
 
     def collate_rows(self, indices: list[int], split: str) -> UnpairedTokenBatch:
         source = self.examples if split == "train" else self.eval_examples
-        return collate_unpaired([source[i] for i in indices], self.pad_id, self.with_kl).to(self.ctx.device)
+        rows = [source[i] for i in indices]
+        return collate_unpaired(rows, self.pad_id, self.with_kl, pack=self.cfg.padding_free).to(
+            self.ctx.device
+        )
 
     def ghost(self, batch: Any) -> Any:
         return replace(batch, ghost=True)

@@ -145,9 +145,14 @@ def assign_kl_completions(examples: list[UnpairedExample], max_length: int | Non
 
 
 def collate_unpaired(
-    examples: list[UnpairedExample], pad_id: int, with_kl: bool = False, pad_to_multiple_of: int | None = None
+    examples: list[UnpairedExample],
+    pad_id: int,
+    with_kl: bool = False,
+    pad_to_multiple_of: int | None = None,
+    pack: bool = False,
 ) -> UnpairedTokenBatch:
-    """Right-padded rows (completion tokens are the targets); with `with_kl` the KL rows as well."""
+    """Right-padded rows (completion tokens are the targets); with `with_kl` the KL rows as well; `pack`:
+    each also laid end to end without padding (`TokenBatch.packed`)."""
 
     def rows(which: str) -> TokenBatch:
         ids, masks = [], []
@@ -155,7 +160,7 @@ def collate_unpaired(
             comp = getattr(e, which) or []
             ids.append(e.prompt_ids + comp)
             masks.append([0] * len(e.prompt_ids) + [1] * len(comp))
-        return pad_rows(ids, masks, pad_id, pad_to_multiple_of)
+        return pad_rows(ids, masks, pad_id, pad_to_multiple_of, pack)
 
     if with_kl and any(e.kl_completion_ids is None for e in examples):
         raise ValueError("with_kl needs kl_completion_ids: call assign_kl_completions first")

@@ -115,6 +115,7 @@ class KTOConfig(TrainingArgs):
     max_length: int | None = Field(1024, ge=1)
     max_prompt_length: int | None = Field(512, ge=1)
     max_completion_length: int | None = Field(None, ge=1)
+    padding_free: bool = False
     precompute_ref_log_probs: bool = False
 
     @model_validator(mode="after")
@@ -133,6 +134,7 @@ class BCOConfig(TrainingArgs):
     max_length: int | None = Field(1024, ge=1)
     max_prompt_length: int | None = Field(512, ge=1)
     max_completion_length: int | None = Field(None, ge=1)
+    padding_free: bool = False
     prompt_sample_size: int = Field(1024, ge=1)
     min_density_ratio: float = 0.5
     max_density_ratio: float = 10.0
@@ -149,6 +151,7 @@ class CPOConfig(TrainingArgs):
     max_length: int | None = Field(1024, ge=1)
     max_prompt_length: int | None = Field(512, ge=1)
     max_completion_length: int | None = Field(None, ge=1)
+    padding_free: bool = False
 
     @property
     def effective_cpo_alpha(self) -> float:

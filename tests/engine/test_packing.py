@@ -6,10 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.algorithms import get_algorithm
+from engine.algorithms.common import TrainContext
+from engine.algorithms.reference import summed_logps
 from engine.data.collate import collate_preferences, collate_sft, pack_bins
 from engine.data.tokenize import PreferenceExample, SFTExample
+from engine.data.unpaired import UnpairedExample, assign_kl_completions, collate_unpaired
 from engine.logprobs import token_logprobs
 from engine.models import build_tiny_model
+from engine.spec import parse_job_spec
 from tests.engine.conftest import metrics_by_step, run_inprocess, tiny_spec
 
 
@@ -117,3 +122,54 @@ def test_dpo_padding_free_first_loss_equals_the_padded_one(tmp_path):
     a, b = metrics_by_step(events)[1], metrics_by_step(padded)[1]
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
     assert a["logps/chosen"] == pytest.approx(b["logps/chosen"], rel=1e-5)
+
+
+def test_packed_unpaired_batch_gives_each_row_and_kl_row_its_padded_log_prob():
+    model = build_tiny_model()
+    rows = [
+        UnpairedExample(prompt_ids=[5, 6, 7], completion_ids=[8, 9], label=True),
+        UnpairedExample(prompt_ids=[20], completion_ids=[21, 22, 23, 24, 25], label=False),
+        UnpairedExample(prompt_ids=[30, 31, 32, 33], completion_ids=[34], label=True),
+    ]
+    assign_kl_completions(rows)
+    padded = collate_unpaired(rows, 0, with_kl=True)
+    packed = collate_unpaired(rows, 0, with_kl=True, pack=True)
+    assert packed.tokens.packed is not None and packed.kl_tokens.packed is not None
+    assert packed.tokens.packed.input_ids.shape == (1, 5 + 6 + 5)
+    with torch.no_grad():
+        for which in ("tokens", "kl_tokens"):
+            pad, pack = getattr(padded, which), getattr(packed, which)
+            torch.testing.assert_close(summed_logps(model, pack), summed_logps(model, pad), rtol=0, atol=1e-5)
+            # and each row's sum is that of the row scored alone, without any padding
+            for i, ex in enumerate(rows):
+                alone = collate_unpaired([ex], 0, with_kl=True)
+                torch.testing.assert_close(
+                    summed_logps(model, getattr(packed, which))[i],
+                    summed_logps(model, getattr(alone, which))[0],
+                    rtol=0,
+                    atol=1e-5,
+                )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "builtin"), [("kto", "unpaired"), ("cpo", "preferences"), ("bco", "unpaired")]
+)
+def test_padding_free_trains_like_the_padded_batches(tmp_path, algorithm, builtin):
+    base = {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2}
+    code, padded = run_inprocess(tiny_spec(algorithm, builtin, num_rows=8, **base), tmp_path / "pad")
+    assert code == 0
+    spec = tiny_spec(algorithm, builtin, num_rows=8, padding_free=True, **base)
+    code, events = run_inprocess(spec, tmp_path / "free")
+    assert code == 0, events[-1]
+    assert not [e for e in events if e["type"] == "log" and e.get("level") == "warning"]
+    free, pad = metrics_by_step(events), metrics_by_step(padded)
+    parsed = parse_job_spec(spec)
+    algo = getattr(get_algorithm(algorithm), algorithm.upper())(
+        parsed, TrainContext.for_spec(parsed, tmp_path)
+    )
+    algo.setup()
+    batch = algo.collate([0, 1])
+    assert getattr(batch, "batch", batch).tokens.packed is not None  # the micro-batches really run packed
+    for step in (1, 2):
+        for key in ("train/loss", "logps/chosen", "logps/rejected"):
+            assert free[step][key] == pytest.approx(pad[step][key], rel=1e-5, abs=1e-6), (step, key)
