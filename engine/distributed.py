@@ -150,6 +150,16 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def from_main(value: float) -> float:
+    """Rank 0's `value` on every rank (a decision every rank must share, e.g. a coin flip; identity for one
+    process)."""
+    if not current().active:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.broadcast(t, src=0)
+    return float(t.item())
+
+
 def shard(items: list[Any], procs: Processes) -> list[Any]:
     """This rank's contiguous share of `items`, split as evenly as possible (earlier ranks get one more)."""
     base, extra = divmod(len(items), procs.world)

@@ -145,12 +145,23 @@ def target_hidden(
     logits_to_keep: int,
     index: torch.Tensor | None = None,
     vision: dict[str, torch.Tensor] | None = None,
+    packed: Packed | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden (n, H), targets (n,)): the hidden states that score the last K tokens and those tokens,
     rows flattened, restricted to the flattened positions `index` of the (B, K) grid when given.
+    `vision`: pixel inputs of a vision-language model. `packed`: the same batch without padding (`Packed`,
+    needs `index`, no images); the decoder runs on it instead, and the result is the same (n, H)
+    selection in `index` order.
 
     For losses that need full-vocabulary logits (distillation): pass chunks of the hidden states to
     `output_logits` instead of materialising (B, K, V) logits."""
+    if packed is not None:
+        if vision:
+            raise ValueError("packed batches carry no images; run image batches padded")
+        if index is None:
+            raise ValueError("a packed batch needs the target index of its (B, K) grid")
+        hidden = hidden_states(model, packed.input_ids, None, packed.position_ids)[0]
+        return hidden.index_select(0, packed.source), packed.targets
     B, T = input_ids.shape
     K = int(logits_to_keep)
     if not 1 <= K <= T - 1:
@@ -205,15 +216,9 @@ def token_stats(
     the same (B, K) grid. `vision`: pixel inputs of a vision-language model (not with `packed`)."""
     if index is None and mask is not None:
         index = mask.reshape(-1).nonzero().squeeze(-1)
-    if packed is not None:
-        if vision:
-            raise ValueError("packed batches carry no images; run image batches padded")
-        if index is None:
-            raise ValueError("a packed batch needs the target index of its (B, K) grid")
-        hidden = hidden_states(model, packed.input_ids, None, packed.position_ids)[0]
-        hidden, targets = hidden.index_select(0, packed.source), packed.targets
-    else:
-        hidden, targets = target_hidden(model, input_ids, attention_mask, logits_to_keep, index, vision)
+    hidden, targets = target_hidden(
+        model, input_ids, attention_mask, logits_to_keep, index, vision=vision, packed=packed
+    )
     return stats_from_hidden(
         model,
         hidden,

@@ -25,8 +25,20 @@ Teacher: `config.teacher_model_name_or_path`, any model reference the engine loa
 frozen, in eval mode, its forwards under inference mode. It must share the student's tokenizer (checked
 at start, before any training).
 
-Not supported: GOLD's cross-tokenizer ULD loss (`use_uld_loss`), vLLM generation (`use_vllm`), packing and
-the other SFT options of `engine.spec.job.DISTILL_FIXED`, each refused at submission naming the field. Evaluation (`eval_dataset`) scores the dataset
+`padding_free`: each micro-batch runs as one row without padding (per-row position ids, no attention across
+rows), sampled completions included. `packing`: the dataset rows are first grouped into packs of at most
+`max_length` tokens (best-fit decreasing on prompt + dataset completion), a pack counts as one prompt of
+the micro-batch (all its prompts are sampled when the step samples), and batches run padding-free.
+
+Several processes: each rank takes its share of every global micro-batch (`run_offline_loop`); the coin
+that picks the completions' source is rank 0's, so the whole global micro-batch has one source as in one
+process; each rank samples for its own prompts; the divisor is the step's completion tokens summed over
+the ranks. The teacher is a plain module on every rank (replicated, never partitioned), also under ZeRO-3;
+ZeRO-3 cannot sample from the student (its parameters are partitioned), so it needs `lmbda: 0`.
+
+Not supported: GOLD's cross-tokenizer ULD loss (`use_uld_loss`), vLLM generation (`use_vllm`) and the
+other SFT options of `engine.spec.job.DISTILL_FIXED`, each refused at submission naming the field.
+Evaluation (`eval_dataset`) scores the dataset
 completions.
 """
 
@@ -42,6 +54,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from engine import distributed
 from engine.algorithms.common import (
     BatchStream,
     OfflineParts,
@@ -51,7 +64,7 @@ from engine.algorithms.common import (
     run_offline_loop,
     total_optimizer_steps,
 )
-from engine.data.collate import TokenBatch, pad_rows
+from engine.data.collate import TokenBatch, pack_bins, pad_rows
 from engine.data.formats import DataFormatError, RowError, expect_format
 from engine.data.sources import load_rows
 from engine.data.tokenize import sft_example
@@ -179,13 +192,19 @@ class DistillBatch:
 
 
 def build_batch(
-    rows: Sequence[DistillExample], source: str, pad_id: int, pad_to_multiple_of: int | None = None
+    rows: Sequence[DistillExample],
+    source: str,
+    pad_id: int,
+    pad_to_multiple_of: int | None = None,
+    pack: bool = False,
 ) -> DistillBatch:
+    """Prompt + completion rows, padded; `pack`: also laid end to end (`TokenBatch.packed`)."""
     tokens = pad_rows(
         [r.prompt_ids + r.completion_ids for r in rows],
         [[0] * len(r.prompt_ids) + [1] * len(r.completion_ids) for r in rows],
         pad_id,
         pad_to_multiple_of,
+        pack,
     )
     return DistillBatch(tokens, source, [len(r.completion_ids) for r in rows])
 
@@ -295,8 +314,15 @@ def distill_micro_loss(
     """This micro-batch's share of the step's distillation loss: sum over its completion tokens of the
     per-token divergence, / `num_tokens` (the step's total). One decoder forward per model; the LM heads
     and the divergence run per chunk of `chunk_size` tokens (default: 4 float32 (chunk, V) buffers fit in
-    `LOGIT_BUDGET` elements), each chunk activation-checkpointed when gradients are on."""
-    args = (tokens.input_ids, tokens.attention_mask, tokens.logits_to_keep, tokens.target_index)
+    `LOGIT_BUDGET` elements), each chunk activation-checkpointed when gradients are on. A packed batch
+    (`tokens.packed`) runs both decoders on its padding-free row."""
+    args = (
+        tokens.input_ids,
+        tokens.attention_mask,
+        tokens.logits_to_keep,
+        tokens.target_index,
+        tokens.packed,
+    )
     h_student, _ = target_hidden(student, *args)  # (n, H)
     with torch.inference_mode():
         h_teacher, _ = target_hidden(teacher, *args)
@@ -348,7 +374,8 @@ def train(spec: Any, ctx: TrainContext) -> Path:
     generations = getattr(cfg, "num_generations", 1)
     # refused at submission (engine.spec.job.DISTILL_FIXED): no ULD, no vLLM, whole groups per micro-batch
     assert not getattr(cfg, "use_uld_loss", False) and not getattr(cfg, "use_vllm", False)
-    assert not (cfg.packing or cfg.padding_free) and cfg.per_device_train_batch_size % generations == 0
+    assert cfg.per_device_train_batch_size % generations == 0
+    pack = bool(cfg.packing or cfg.padding_free)
     tokenizer = load_tokenizer(spec.model, ctx.cache_dir)
     examples = prepare_examples(spec, ctx, tokenizer)
     eval_examples = prepare_examples(spec, ctx, tokenizer, spec.eval_dataset) if spec.eval_dataset else []
@@ -362,8 +389,13 @@ def train(spec: Any, ctx: TrainContext) -> Path:
     samplers = {"student": make_backend("hf", model=model, device=ctx.device)}
     if cfg.seq_kd:
         samplers["teacher"] = make_backend("hf", model=teacher, device=ctx.device)
+    lengths = [e.length for e in examples]
+    units = [[i] for i in range(len(examples))]  # what one prompt slot of a batch holds: a row, or a pack
+    if cfg.packing:
+        units = pack_bins(lengths, cfg.max_length or max(lengths))
+        ctx.events.log(f"packing: {len(examples)} rows in {len(units)} packs of <= {cfg.max_length} tokens")
     stream = BatchStream(
-        [e.length for e in examples], cfg.per_device_train_batch_size // generations, cfg.seed
+        [sum(lengths[i] for i in u) for u in units], cfg.per_device_train_batch_size // generations, cfg.seed
     )
     total = total_optimizer_steps(cfg, stream.batches_per_epoch)
     pending_samples: list[dict[str, Any]] = []
@@ -372,22 +404,25 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         f"seq_kd={cfg.seq_kd}, beta={cfg.beta}, loss at temperature {loss_cfg.temperature}, {total} steps"
     )
 
-    def collate(indices: list[int]) -> DistillBatch:
-        on_policy = random.random() <= cfg.lmbda  # once per micro-step, for the whole batch
+    def collate(units_of_batch: list[int]) -> DistillBatch:
+        # once per micro-step, for the whole global batch: every rank draws, rank 0's draw decides
+        on_policy = distributed.from_main(random.random()) <= cfg.lmbda
         source = "student" if on_policy else ("teacher" if cfg.seq_kd else "dataset")
+        indices = [i for u in units_of_batch for i in units[u]]
         if source == "dataset":
             return build_batch(
                 [examples[i] for i in indices for _ in range(generations)],
                 source,
                 pad_id,
                 cfg.pad_to_multiple_of,
+                pack,
             ).to(ctx.device)
         prompts = [examples[i].prompt_ids for i in indices]
         with ctx.autocast():
             out = samplers[source].generate(prompts, generations, sampling)
         repeated = [p for p in prompts for _ in range(generations)]
         rows = sampled_examples(repeated, out.completion_ids, eos_ids)
-        batch = build_batch(rows, source, pad_id, cfg.pad_to_multiple_of)
+        batch = build_batch(rows, source, pad_id, cfg.pad_to_multiple_of, pack)
         batch.samples = [
             {
                 "prompt": tokenizer.decode(r.prompt_ids, skip_special_tokens=True),
@@ -426,7 +461,7 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         len(eval_examples),
         cfg.per_device_eval_batch_size,
         lambda idx: build_batch(
-            [eval_examples[i] for i in idx], "dataset", pad_id, cfg.pad_to_multiple_of
+            [eval_examples[i] for i in idx], "dataset", pad_id, cfg.pad_to_multiple_of, pack
         ).to(ctx.device),
         counts,
         micro_step,

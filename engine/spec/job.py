@@ -354,11 +354,6 @@ def unsupported(spec: Any) -> SpecError | None:
 # Options a GKD/GOLD config inherits (from SFT, or TRL's GOLD) that the distillation loop does not honour:
 # field -> (the values it may take, why, and what to do).
 DISTILL_FIXED: dict[str, tuple[tuple[object, ...], str]] = {
-    "packing": (
-        (False,),
-        "distillation batches whole prompts by length and does not pack; set packing false",
-    ),
-    "padding_free": ((False,), "distillation batches with padding; set padding_free false"),
     "bema": ((None,), "the weight EMA is kept by SFT only; remove config.bema"),
     "loss_type": (("nll",), "the loss is the teacher-student divergence; remove config.loss_type"),
     "completion_only_loss": (
@@ -489,7 +484,7 @@ def _multimodal_unsupported(spec: Any) -> SpecError | None:
 # estimate and BCO's running mean are taken over every rank's rows). The others filter or teach in ways
 # not checked across ranks yet.
 DISTRIBUTED_ALGORITHMS = frozenset(
-    {"sft", "dpo", "kto", "bco", "cpo", "reward", "grpo", "gfpo", "rloo", "minillm"}
+    {"sft", "dpo", "kto", "bco", "cpo", "reward", "gkd", "gold", "grpo", "gfpo", "rloo", "minillm"}
 )
 
 
@@ -529,6 +524,13 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
         )
     if deepspeed and getattr(cfg, "bema", None) is not None:
         return SpecError("config.bema", "bema is not available with DeepSpeed; remove config.bema")
+    if spec.algorithm in DISTILL_ALGORITHMS and deepspeed and stage == 3 and cfg.lmbda > 0:
+        return SpecError(
+            "config.lmbda",
+            f"lmbda={cfg.lmbda}: the student samples completions on every process, which ZeRO-3's "
+            "partitioned parameters do not allow yet; set lmbda to 0 (dataset or teacher-sampled "
+            "completions) or use zero_stage 0-2",
+        )
     if spec.algorithm in ONLINE_ALGORITHMS:
         per_process = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
         if getattr(cfg, "num_remains_in_group", None) is not None and per_process % cfg.num_generations:

@@ -21,6 +21,7 @@ GRPO = {"algorithm": "grpo", "model": "tiny:llama", "dataset": {"builtin": "arit
 RLOO = {**GRPO, "algorithm": "rloo"}
 LORA = {"peft_config": {"r": 4}}
 TEACHER_BUNDLED = {"teacher_model_name_or_path": "bundled:smollm2-135m-instruct"}
+ZERO3 = {"distributed_type": "DEEPSPEED", "num_processes": 2, "deepspeed_config": {"zero_stage": 3}}
 
 
 def _with(base: dict[str, Any], config: dict[str, Any], **job: Any) -> dict[str, Any]:
@@ -31,8 +32,6 @@ REFUSED = [
     ("gold-uld", _with(GOLD, {"use_uld_loss": True}), "config.use_uld_loss"),
     ("gold-vllm", _with(GOLD, {"use_vllm": True}), "config.use_vllm"),
     ("gold-split-group", _with(GOLD, {"num_generations": 3}), "config.num_generations"),
-    ("gkd-packing", _with(GKD, {"packing": True}), "config.packing"),
-    ("gold-padding-free", _with(GOLD, {"padding_free": True}), "config.padding_free"),
     ("gkd-bema", _with(GKD, {"bema": {}}), "config.bema"),
     ("gkd-sft-loss", _with(GKD, {"loss_type": "dft"}), "config.loss_type"),
     ("gkd-prompt-loss", _with(GKD, {"completion_only_loss": False}), "config.completion_only_loss"),
@@ -62,6 +61,7 @@ REFUSED = [
     ("grpo-sync-lora", _with(GRPO, {"sync_ref_model": True, "beta": 0.04}, **LORA), "config.sync_ref_model"),
     ("rloo-sync-beta-0", _with(RLOO, {"sync_ref_model": True, "beta": 0.0}), "config.sync_ref_model"),
     ("grpo-vllm-narrow-heads", _with(GRPO, {"use_vllm": True, "vllm_mode": "server"}), "model"),
+    ("gkd-zero3-student-samples", _with(GKD, {"lmbda": 0.5}, distributed=ZERO3), "config.lmbda"),
 ]
 
 
@@ -84,8 +84,22 @@ def test_an_option_the_engine_cannot_honour_is_a_422_naming_it(client, alice, se
         _with(RLOO, {"sync_ref_model": True}),
         _with(GOLD, {"num_generations": 2}),
         _with(GKD, {"teacher_model_name_or_path": "tiny:llama-hd32"}),
+        _with(GKD, {"packing": True}),
+        _with(GOLD, {"padding_free": True}),
+        _with(GKD, {"lmbda": 0.0}, distributed=ZERO3),
     ],
-    ids=["gkd", "gold", "dpo-sync", "grpo-sync", "rloo-sync", "gold-whole-groups", "gkd-same-tokenizer"],
+    ids=[
+        "gkd",
+        "gold",
+        "dpo-sync",
+        "grpo-sync",
+        "rloo-sync",
+        "gold-whole-groups",
+        "gkd-same-tokenizer",
+        "gkd-packing",
+        "gold-padding-free",
+        "gkd-zero3-dataset-completions",
+    ],
 )
 def test_the_same_jobs_without_the_option_are_accepted(client, alice, body) -> None:
     res = client.post("/v1/jobs", json=body, headers=alice)

@@ -175,6 +175,27 @@ def test_chunked_loss_matches_full_vocabulary_logits(loss_type, beta, temperatur
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
 
 
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients():
+    """Padding-free: rows of different lengths laid end to end (position ids restart per row) give the
+    padded batch's loss and gradients: no token attends across a row boundary."""
+    student, teacher = build_tiny_model(), build_tiny_model(seed=99)
+    rows = [DistillExample([5, 6, 7], [8, 9, 3]), DistillExample([5], [10, 11, 12, 13, 3])]
+    cfg = DistillLossConfig(loss_type="gkd", beta=0.5)
+    results = []
+    for pack in (False, True):
+        tokens = build_batch(rows, "dataset", pad_id=0, pack=pack).tokens
+        assert (tokens.packed is not None) == pack
+        loss = distill_micro_loss(student, teacher, tokens, tokens.num_tokens, cfg, vocab=101, chunk_size=4)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()}))
+        student.zero_grad()
+    (padded, g_padded), (packed, g_packed) = results
+    assert padded > 0
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-7)
+    for n in g_padded:
+        torch.testing.assert_close(g_packed[n], g_padded[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
 # ---------------------------------------------------------------------------------------- loop, in-process
 
 
@@ -185,6 +206,7 @@ def test_chunked_loss_matches_full_vocabulary_logits(loss_type, beta, temperatur
         ("gkd", {"lmbda": 1.0}, 1.0, None),
         ("gkd", {"lmbda": 0.0, "seq_kd": True}, 0.0, 1.0),
         ("gold", {"lmbda": 1.0, "num_generations": 2}, 1.0, None),
+        ("gkd", {"lmbda": 1.0, "packing": True, "max_length": 256}, 1.0, None),
     ],
 )
 def test_lmbda_and_seq_kd_decide_who_writes_the_completions(

@@ -271,3 +271,66 @@ def test_grpo_two_processes_match_one(tmp_path, distributed, hash_reward):  # no
     assert b["rollout/reward_mean"] == pytest.approx(a["rollout/reward_mean"], rel=1e-6)
     if not distributed:
         assert_same_gradients(tmp_path)
+
+
+# -------------------------------------------------------------------------------------- distillation
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny:llama-shaped teacher with other weights than the student's (the divergence is not 0)."""
+    from engine.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    path = tmp_path_factory.mktemp("teacher")
+    save_model(build_tiny_model(seed=7), build_tiny_tokenizer(), path)
+    return str(path)
+
+
+def distill_spec(algorithm: str, teacher: str, **config: Any) -> dict[str, Any]:
+    base = {"teacher_model_name_or_path": teacher, "max_new_tokens": 6, "max_completion_length": 6}
+    if algorithm == "gkd":
+        base.pop("max_completion_length")
+    return tiny_spec(algorithm, "chat", num_rows=8, max_steps=1, **{**base, **SGD, **config})
+
+
+def test_gkd_two_processes_match_one(tmp_path, teacher):
+    # lmbda 0: the dataset's completions, the same rows in 1 and 2 processes, so the losses are comparable;
+    # the divisor (completion tokens) is summed over the ranks.
+    spec = distill_spec("gkd", teacher, lmbda=0.0, padding_free=True)
+    a, _, _ = compare(tmp_path, spec)
+    assert a[1]["train/loss"] > 0
+    assert_same_gradients(tmp_path)
+
+
+@needs_deepspeed
+def test_gold_zero3_with_teacher_samples_matches_one_process(tmp_path, teacher):
+    # The student's parameters are partitioned, the teacher is whole on each rank. The loss is compared on
+    # the dataset's completions (sampled ones differ with the ranks' random streams); a second run has the
+    # teacher sample every completion (seq_kd) under ZeRO-3.
+    spec = distill_spec("gold", teacher, lmbda=0.0)
+    _, _, events = compare(tmp_path, spec, zero(3))
+    assert any('"stage": 3' in e.get("message", "") for e in events)
+    sampled = two_processes({**spec, "config": {**spec["config"], "seq_kd": True}}, zero(3))
+    code, events, stderr = run_procs(sampled, tmp_path / "seq-kd", 2)
+    assert code == 0, stderr[-3000:]
+    assert metrics_by_step(events)[1]["distill/teacher_sampled_fraction"] == 1.0
+
+
+def _from_main_worker(rank: int, init: str, out: str) -> None:
+    from engine import distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        Path(out, f"{rank}.json").write_text(json.dumps(distributed.from_main(0.25 + rank)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_decision_drawn_on_each_rank_is_rank_zeros_everywhere(tmp_path):
+    # distillation's per-micro-batch coin: rank 1 drew 1.25, both ranks act on rank 0's 0.25
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_from_main_worker, args=(init, str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)] == [0.25, 0.25]

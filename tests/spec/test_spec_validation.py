@@ -217,7 +217,14 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
 @pytest.mark.parametrize(
     ("algorithm", "dataset", "distributed", "config", "field"),
     [
-        ("gkd", "chat", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}, "distributed"),
+        ("papo", "shapes", {"num_processes": 2}, {"num_generations": 4}, "distributed"),
+        (
+            "gkd",
+            "chat",
+            {**DS, "deepspeed_config": {"zero_stage": 3}},
+            {"teacher_model_name_or_path": "tiny:llama", "lmbda": 0.5},
+            "config.lmbda",
+        ),
         (
             "sft",
             "chat",
@@ -313,6 +320,13 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
             "arithmetic",
             {"num_processes": 2},
             {"num_generations": 4, "num_remains_in_group": 2, "group_filter": "shortest"},
+        ),
+        ("gkd", "chat", {"num_processes": 2}, {"teacher_model_name_or_path": "tiny:llama"}),
+        (
+            "gold",
+            "chat",
+            {**DS, "deepspeed_config": {"zero_stage": 3}},
+            {"teacher_model_name_or_path": "tiny:llama", "lmbda": 0.0, "seq_kd": True},
         ),
         (
             "sft",
