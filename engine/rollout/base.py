@@ -113,3 +113,44 @@ def trim_right(out: RolloutOutput, pad_token_id: int) -> RolloutOutput:
     return RolloutOutput(
         out.prompt_ids, out.prompt_mask, ids, mask, out.is_truncated, logps, out.policy_version
     )
+
+
+def output_from_token_rows(
+    prompt_ids: Sequence[Sequence[int]],
+    num_generations: int,
+    completions: Sequence[Sequence[int]],
+    logps: Sequence[Sequence[float]],
+    params: SamplingParams,
+    policy_version: int | None = None,
+) -> RolloutOutput:
+    """A `RolloutOutput` from a sampler that returns token lists (vLLM): `completions` holds
+    `num_generations` rows per prompt, in prompt order, each ending at its stop token (or cut at
+    `max_new_tokens`), with one sampling log-prob per token in `logps`. Completions are right-padded, the
+    mask is 1 on every returned token, a row that does not end with an EOS id is truncated, prompts are
+    left-padded and repeated per generation, and columns past the longest completion are trimmed."""
+    if len(completions) != len(prompt_ids) * num_generations:
+        raise ValueError(
+            f"{len(completions)} completions for {len(prompt_ids)} prompts x {num_generations} generations"
+        )
+    if any(len(lp) != len(r) for r, lp in zip(completions, logps, strict=True)):
+        raise ValueError("every completion needs one sampling log-prob per token")
+    n, width = len(completions), max(1, max((len(r) for r in completions), default=0))
+    ids = torch.full((n, width), params.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    samp = torch.zeros((n, width), dtype=torch.float32)
+    for i, (r, lp) in enumerate(zip(completions, logps, strict=True)):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+        samp[i, : len(lp)] = torch.as_tensor(list(lp), dtype=torch.float32)
+    truncated = [not r or r[-1] not in params.eos_token_ids for r in completions]
+    p_ids, p_mask = left_pad(prompt_ids, params.pad_token_id)
+    out = RolloutOutput(
+        prompt_ids=p_ids.repeat_interleave(num_generations, dim=0),
+        prompt_mask=p_mask.repeat_interleave(num_generations, dim=0),
+        completion_ids=ids,
+        completion_mask=mask,
+        is_truncated=torch.as_tensor(truncated, dtype=torch.bool),
+        sampling_logps=samp,
+        policy_version=policy_version,
+    )
+    return trim_right(out, params.pad_token_id)

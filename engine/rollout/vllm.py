@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, left_pad, trim_right
+from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, output_from_token_rows
 
 
 class VLLMRollout(RolloutBackend):
@@ -96,32 +96,13 @@ class VLLMRollout(RolloutBackend):
             )
         finally:
             self._sleep()
-        rows, logps, truncated = [], [], []
+        rows, logps = [], []
         for res in results:
             for comp in res.outputs:
                 tokens = list(comp.token_ids)
                 rows.append(tokens)
-                logps.append([lp[t].logprob for lp, t in zip(comp.logprobs or [], tokens, strict=False)])
-                ended = bool(tokens) and tokens[-1] in params.eos_token_ids
-                truncated.append(not ended)
-        width = max(1, max(len(r) for r in rows))
-        ids = torch.full((len(rows), width), params.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        samp = torch.zeros((len(rows), width), dtype=torch.float32)
-        for i, (r, lp) in enumerate(zip(rows, logps, strict=True)):
-            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-            samp[i, : len(lp)] = torch.as_tensor(lp, dtype=torch.float32)
-        p_ids, p_mask = left_pad(prompt_ids, params.pad_token_id)
-        out = RolloutOutput(
-            prompt_ids=p_ids.repeat_interleave(num_generations, dim=0),
-            prompt_mask=p_mask.repeat_interleave(num_generations, dim=0),
-            completion_ids=ids,
-            completion_mask=mask,
-            is_truncated=torch.as_tensor(truncated, dtype=torch.bool),
-            sampling_logps=samp,
-        )
-        return trim_right(out, params.pad_token_id)
+                logps.append([lp[t].logprob for lp, t in zip(comp.logprobs or [], tokens, strict=True)])
+        return output_from_token_rows(prompt_ids, num_generations, rows, logps, params)
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
         weights = merged_state_items(model)

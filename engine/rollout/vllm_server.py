@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import torch
 
-from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, left_pad, trim_right
+from engine.rollout.base import RolloutBackend, RolloutOutput, SamplingParams, output_from_token_rows
 from engine.rollout.vllm import merged_state_items
 
 SERVE_SCRIPT = Path(__file__).with_name("vllm_serve.py")
@@ -238,30 +238,16 @@ class VLLMServerRollout(RolloutBackend):
             raise ServerError(
                 f"the vLLM server returned {len(rows)} completions for {len(prompt_ids)} x {num_generations}"
             )
-        width = max(1, max(len(r["token_ids"]) for r in rows))
-        ids = torch.full((len(rows), width), params.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        logps = torch.zeros((len(rows), width), dtype=torch.float32)
-        truncated = []
-        for i, r in enumerate(rows):
-            tokens, lps = r["token_ids"], r["logprobs"]
-            if len(lps) != len(tokens):
-                raise ServerError("the vLLM server returned a completion without one log-prob per token")
-            ids[i, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
-            mask[i, : len(tokens)] = 1
-            logps[i, : len(lps)] = torch.as_tensor(lps, dtype=torch.float32)
-            truncated.append(not tokens or tokens[-1] not in params.eos_token_ids)
-        p_ids, p_mask = left_pad(prompt_ids, params.pad_token_id)
-        out = RolloutOutput(
-            prompt_ids=p_ids.repeat_interleave(num_generations, dim=0),
-            prompt_mask=p_mask.repeat_interleave(num_generations, dim=0),
-            completion_ids=ids,
-            completion_mask=mask,
-            is_truncated=torch.as_tensor(truncated, dtype=torch.bool),
-            sampling_logps=logps,
+        if any(len(r["logprobs"]) != len(r["token_ids"]) for r in rows):
+            raise ServerError("the vLLM server returned a completion without one log-prob per token")
+        return output_from_token_rows(
+            prompt_ids,
+            num_generations,
+            [r["token_ids"] for r in rows],
+            [r["logprobs"] for r in rows],
+            params,
             policy_version=int(reply["version"]),
         )
-        return trim_right(out, params.pad_token_id)
 
     def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
         """The server's log-probs (temperature 1) of a fixed completion, token by token."""

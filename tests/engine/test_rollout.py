@@ -208,3 +208,27 @@ def test_sampled_concat_repads_prompts_and_completions():
     assert merged.out.completion_mask.tolist() == [[1, 0], [1, 1]]
     assert merged.rewards.tolist() == [[0.5], [1.0]]
     assert merged.select([1]).ids == [[6, 7]]
+
+
+def test_token_rows_become_a_grouped_padded_trimmed_output():
+    # What the vLLM backends receive: 2 prompts x 2 generations of token lists with per-token log-probs.
+    from engine.rollout.base import output_from_token_rows
+
+    params = SamplingParams(max_new_tokens=6, eos_token_ids=(2, 9), pad_token_id=0)
+    rows = [[5, 6, 2], [7], [8, 8, 8, 9], []]
+    logps = [[-0.1, -0.2, -0.3], [-0.4], [-0.5, -0.6, -0.7, -0.8], []]
+    out = output_from_token_rows([[11, 12, 13], [14]], 2, rows, logps, params, policy_version=4)
+    assert out.prompt_ids.tolist() == [[11, 12, 13], [11, 12, 13], [0, 0, 14], [0, 0, 14]]
+    assert out.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert out.completion_ids.tolist() == [[5, 6, 2, 0], [7, 0, 0, 0], [8, 8, 8, 9], [0, 0, 0, 0]]
+    assert out.completion_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+    assert out.is_truncated.tolist() == [False, True, False, True]  # ends with an EOS id, or not
+    torch.testing.assert_close(
+        out.sampling_logps,
+        torch.tensor([[-0.1, -0.2, -0.3, 0], [-0.4, 0, 0, 0], [-0.5, -0.6, -0.7, -0.8], [0, 0, 0, 0]]),
+    )
+    assert out.policy_version == 4
+    with pytest.raises(ValueError, match="3 completions for 2 prompts x 2"):
+        output_from_token_rows([[1], [2]], 2, rows[:3], logps[:3], params)
+    with pytest.raises(ValueError, match="one sampling log-prob per token"):
+        output_from_token_rows([[1], [2]], 2, rows, [[-0.1], *logps[1:]], params)
