@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 RUN_JOB_TASK = "papertrain.run_job"
+JOIN_JOB_TASK = "papertrain.join_job"  # one machine of a job over several (worker/nodes.py)
 DEFAULT_QUEUE = "cpu"
 # Declared up front so a worker can consume them before any job was sent; other `gpu-N` queues are
 # created on first use (task_create_missing_queues).

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         default=False,
         description="refuse (422) a job whose queue no live worker consumes, instead of queueing it with a warning",
     )
+    node_address: str = Field(
+        default="",
+        description="the address other machines reach this worker at, where it hosts the rendezvous of a "
+        "job over several machines (num_machines > 1) as its node 0; default the host name",
+    )
     engine_python: str = sys.executable
     embedded: bool = True
     max_upload_bytes: int = Field(

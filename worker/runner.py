@@ -58,10 +58,13 @@ def engine_command(
     machines: int = 1,
     rendezvous: str | None = None,
     job_id: str = "",
+    node_rank: int | None = None,
 ) -> list[str]:
     """The engine's command line. A job of several processes runs under torchrun: on one machine with a
     private rendezvous (`--standalone`); over `machines` machines each machine runs this same command and
-    they meet at the c10d `rendezvous` endpoint (host:port) under the job's id."""
+    they meet at the c10d `rendezvous` endpoint (host:port) under the job's id. With `node_rank` (workers
+    that each run one machine of a job) the rendezvous is static instead: node `node_rank` of `machines`,
+    node 0 hosting the store at `rendezvous`, so node 0's processes hold global ranks 0.."""
     args = ["-m", "engine.train", "--spec", str(spec_path), "--out", str(out_dir)]
     args = [*args, "--resume"] if resume else args
     if processes <= 1 and machines <= 1:
@@ -76,6 +79,10 @@ def engine_command(
         return [*launcher, "--standalone", *args]
     if not rendezvous:
         raise ValueError("a job over several machines needs a rendezvous endpoint (host:port)")
+    if node_rank is not None:
+        host, _, port = rendezvous.rpartition(":")
+        static = [f"--nnodes={machines}", f"--node-rank={node_rank}", f"--master-addr={host}"]
+        return [*launcher, *static, f"--master-port={port}", *args]
     rdzv = [
         f"--nnodes={machines}",
         "--rdzv-backend=c10d",
@@ -89,6 +96,16 @@ def processes_of(spec_path: Path) -> tuple[int, int]:
     """(processes, machines) a resolved job spec asks for."""
     dist = json.loads(spec_path.read_text(encoding="utf-8")).get("distributed") or {}
     return int(dist.get("num_processes") or 1), int(dist.get("num_machines") or 1)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One machine of a job over several: node `rank` of `machines`, meeting at `rendezvous` (host:port,
+    hosted by node 0)."""
+
+    rank: int
+    machines: int
+    rendezvous: str
 
 
 @dataclass
@@ -116,6 +133,7 @@ class EngineRunner:
         stop_event: threading.Event | None = None,
         poll_interval_s: float = 1.0,
         env: dict[str, str] | None = None,
+        node: NodePlan | None = None,
     ) -> None:
         self.settings = settings
         self.job_id = job_id
@@ -125,22 +143,30 @@ class EngineRunner:
         self.stop_event = stop_event or threading.Event()
         self.poll_interval_s = min(poll_interval_s, float(settings.heartbeat_interval_s))
         self.env = env
+        self.node = node
         self.recorder = EventRecorder(session_factory, job_id)
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self._run_id_saved: str | None = None
 
     # -- public ------------------------------------------------------------------------------------
 
-    def run(self, spec_path: Path, out_dir: Path, *, resume: bool) -> RunResult:
+    def command(self, spec_path: Path, out_dir: Path, *, resume: bool) -> list[str]:
         processes, machines = processes_of(spec_path)
-        cmd = engine_command(
+        node = self.node
+        return engine_command(
             self.settings.engine_python,
             spec_path,
             out_dir,
             resume=resume,
             processes=processes,
             machines=machines,
+            rendezvous=node.rendezvous if node else None,
+            job_id=self.job_id,
+            node_rank=node.rank if node else None,
         )
+
+    def run(self, spec_path: Path, out_dir: Path, *, resume: bool) -> RunResult:
+        cmd = self.command(spec_path, out_dir, resume=resume)
         log.info("job %s: starting engine: %s", self.job_id, " ".join(cmd))
         try:
             proc = subprocess.Popen(

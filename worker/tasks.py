@@ -30,13 +30,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.celery_app import RUN_JOB_TASK
+from core.celery_app import JOIN_JOB_TASK, RUN_JOB_TASK
 from core.db import get_engine
 from core.models import Job, JobEvent, utcnow
 from core.queue import Sender, enqueue_job
 from core.settings import Settings
 from core.states import InvalidTransition, JobStatus
 from core.transitions import transition
+from worker.nodes import call_other_nodes, execute_node, plan_nodes
 from worker.runner import EngineRunner, RunResult
 from worker.tracking import MlflowTracker, flatten_params
 
@@ -76,6 +77,29 @@ def run_job(self: Any, job_id: str) -> str:
         raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_S, max_retries=DB_RETRY_MAX) from exc
 
 
+@shared_task(name=JOIN_JOB_TASK, bind=True, ignore_result=True, acks_late=True)
+def join_job(self: Any, job_id: str, attempt: int, node_rank: int, rendezvous: str, resume: bool) -> str:
+    """Celery entry point of one more machine of a job over several (`worker.nodes`)."""
+    if SHUTDOWN.is_set():
+        raise Reject("worker is shutting down", requeue=True)
+    settings = getattr(self.app, "papertrain_settings", None)
+    if settings is None:
+        from core.settings import get_settings
+
+        settings = get_settings()
+    return execute_node(
+        settings,
+        job_id,
+        attempt,
+        node_rank,
+        rendezvous,
+        resume,
+        worker_id=default_worker_id(),
+        session_factory=session_factory_for(settings.database_url),
+        stop_event=SHUTDOWN,
+    )
+
+
 def execute_job(
     settings: Settings,
     job_id: str,
@@ -93,6 +117,13 @@ def execute_job(
     claimed = _claim(factory, settings, job_id, worker_id)
     if claimed is None:
         return "skipped"
+    node = None
+    if claimed["machines"] > 1:  # this worker is node 0; the others join through `papertrain.join_job`
+        node = plan_nodes(settings, claimed["machines"])
+        with factory() as session, session.begin():
+            call_other_nodes(
+                session, job_id, claimed["queue"], claimed["attempt"], node, claimed["resume"], worker_id
+            )
     tracker = _make_tracker(settings, claimed) if tracking else None
     runner = EngineRunner(
         settings,
@@ -101,6 +132,7 @@ def execute_job(
         session_factory=factory,
         tracker=tracker,
         stop_event=stop_event,
+        node=node,
     )
     try:
         result = runner.run(claimed["spec_path"], claimed["out_dir"], resume=claimed["resume"])
@@ -199,6 +231,8 @@ def _claim(
             "spec_resolved": job.spec_resolved,
             "mlflow_run_id": job.mlflow_run_id,
             "history": history,
+            "queue": job.queue,
+            "machines": int(((job.spec_resolved or {}).get("distributed") or {}).get("num_machines") or 1),
         }
 
 

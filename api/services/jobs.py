@@ -221,15 +221,6 @@ def resolve_submission(session: Session, user: User, body: dict[str, Any], setti
         raise ApiError(
             422, code, str(problem).split(": ", 1)[1], param=problem.field, remediation=str(problem)
         )
-    if spec.distributed is not None and spec.distributed.num_machines > 1:
-        raise ApiError(
-            422,
-            "option_not_available",
-            "a worker starts the processes of one machine; a job over several machines is started on each "
-            "machine with the engine's torchrun command (docs/architecture.md)",
-            param="distributed.num_machines",
-            remediation="set distributed.num_machines to 1",
-        )
     _check_access(session, user, spec, settings)
     _check_vllm(session, spec, settings)
     resolved = _resolve_files(session, user, resolve(spec))
@@ -264,7 +255,7 @@ def submit_job(
     record_created(session, job, reason="submitted")
     if idempotency_key:
         idempotency.remember(session, user, "jobs", idempotency_key, idempotency.json_digest(body), job.id)
-    warning = _unserved_queue(session, job.queue, settings)
+    warning = _unserved_queue(session, job.queue, settings) or _too_few_workers(session, spec, settings)
     if warning is not None:
         session.add(
             JobEvent(job_id=job.id, kind="log", data={"level": "warning", "message": warning.message})
@@ -273,6 +264,25 @@ def submit_job(
     session.commit()
     job.warnings = [warning] if warning is not None else []  # type: ignore[attr-defined]  # this response only
     return job
+
+
+def _too_few_workers(session: Session, spec: Any, settings: Settings) -> SpecWarning | None:
+    """A job over M machines runs on M workers of its queue at once (`worker.nodes`): a warning when fewer
+    are live (node 0 then waits at the rendezvous until more come or torchrun gives up)."""
+    from core.workers import live_capabilities
+
+    machines = spec.distributed.num_machines if spec.distributed is not None else 1
+    if machines <= 1:
+        return None
+    live = len(live_capabilities(session, settings.worker_live_s).get(spec.hardware.queue, []))
+    if live >= machines:
+        return None
+    return SpecWarning(
+        code="too_few_workers",
+        message=f"distributed.num_machines={machines} runs on {machines} workers of queue "
+        f"{spec.hardware.queue} at once; {live} live now",
+        param="distributed.num_machines",
+    )
 
 
 def _unserved_queue(session: Session, queue: str, settings: Settings) -> SpecWarning | None:

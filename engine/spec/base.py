@@ -220,6 +220,11 @@ class DistributedSpec(StrictModel):
     def _ds(self) -> DistributedSpec:
         if self.deepspeed_config is not None and self.distributed_type != "DEEPSPEED":
             raise ValueError("deepspeed_config needs distributed_type: 'DEEPSPEED'")
+        if self.num_processes % self.num_machines:
+            raise ValueError(
+                f"num_processes={self.num_processes} must be a multiple of num_machines={self.num_machines}: "
+                "every machine runs the same number of processes"
+            )
         return self
 
 

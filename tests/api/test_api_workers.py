@@ -56,7 +56,21 @@ def test_setting_refuses_a_job_no_live_worker_can_take(settings, alice, sent):
     assert sent == []  # nothing was queued
 
 
-def test_a_job_over_several_machines_is_refused_at_submission(client, alice):
+def test_a_job_over_more_machines_than_live_workers_is_queued_with_a_warning(client, alice, db):
     spec = {**SFT_SPEC, "distributed": {"num_processes": 4, "num_machines": 2}}
+    res = client.post("/v1/jobs", json=spec, headers=alice)  # one live worker on `cpu` (the fixture's)
+    assert res.status_code == 201, res.text
+    assert [(w["code"], w["param"]) for w in res.json()["warnings"]] == [
+        ("too_few_workers", "distributed.num_machines")
+    ]
+    assert "2 workers of queue cpu at once; 1 live" in res.json()["warnings"][0]["message"]
+    with db() as session, session.begin():
+        record_worker(session, "w2@host", ["cpu"], {"gpus": 0})
+    assert client.post("/v1/jobs", json=spec, headers=alice).json()["warnings"] == []
+
+
+def test_processes_must_split_evenly_over_the_machines(client, alice):
+    spec = {**SFT_SPEC, "distributed": {"num_processes": 3, "num_machines": 2}}
     res = client.post("/v1/jobs", json=spec, headers=alice)
-    assert res.status_code == 422 and res.json()["error"]["param"] == "distributed.num_machines"
+    assert res.status_code == 422 and res.json()["error"]["param"].startswith("distributed")
+    assert "multiple of num_machines" in res.json()["error"]["message"]

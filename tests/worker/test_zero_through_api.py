@@ -13,7 +13,7 @@ from worker_testkit import create_token, make_settings, wait_for_status
 
 from api.main import create_app
 from core.celery_app import configure_celery
-from core.launcher import start_worker, stop_worker
+from papertrain.launcher import start_worker, stop_worker
 
 pytestmark = [
     pytest.mark.slow,

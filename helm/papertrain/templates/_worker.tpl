@@ -22,6 +22,11 @@ containers:
       {{- toYaml (.command | default (list "papertrain" "worker")) | nindent 6 }}
     env:
       {{- include "papertrain.env" $root | nindent 6 }}
+      # where the other workers of a job over several machines reach this one when it is node 0
+      - name: PAPERTRAIN_NODE_ADDRESS
+        valueFrom:
+          fieldRef:
+            fieldPath: status.podIP
       {{- with $pool.queues }}
       - name: PAPERTRAIN_WORKER_QUEUES
         value: {{ join "," . | quote }}
