@@ -316,16 +316,10 @@ def distill_micro_loss(
     and the divergence run per chunk of `chunk_size` tokens (default: 4 float32 (chunk, V) buffers fit in
     `LOGIT_BUDGET` elements), each chunk activation-checkpointed when gradients are on. A packed batch
     (`tokens.packed`) runs both decoders on its padding-free row."""
-    args = (
-        tokens.input_ids,
-        tokens.attention_mask,
-        tokens.logits_to_keep,
-        tokens.target_index,
-        tokens.packed,
-    )
-    h_student, _ = target_hidden(student, *args)  # (n, H)
+    args = (tokens.input_ids, tokens.attention_mask, tokens.logits_to_keep, tokens.target_index)
+    h_student, _ = target_hidden(student, *args, packed=tokens.packed)  # (n, H)
     with torch.inference_mode():
-        h_teacher, _ = target_hidden(teacher, *args)
+        h_teacher, _ = target_hidden(teacher, *args, packed=tokens.packed)
     h_teacher = h_teacher.clone()  # a normal tensor (inference tensors cannot enter autograd graphs)
     size = chunk_size or max(1, LOGIT_BUDGET // (4 * vocab))
     use_ckpt = torch.is_grad_enabled() and h_student.requires_grad

@@ -359,4 +359,3 @@ def test_use_vllm_needs_a_worker_with_vllm(settings, sent, alice, vllm, status) 
     else:
         assert res.status_code == 201, res.text
         assert len(sent) == 1
-
