@@ -71,11 +71,10 @@ def call_other_nodes(
     plan: NodePlan,
     resume: bool,
     worker_id: str,
-    send: Callable[..., None] = send_join_job,
 ) -> None:
     """Node 0: ask M-1 more workers of `queue` to join, and say so in the job's events."""
     for rank in range(1, plan.machines):
-        send(job_id, queue, attempt, rank, plan.rendezvous, resume)
+        send_join_job(job_id, queue, attempt, rank, plan.rendezvous, resume)
     message = (
         f"node 0 of {plan.machines} on worker {worker_id}; rendezvous at {plan.rendezvous}; waiting for "
         f"{plan.machines - 1} more worker(s) on queue {queue}"

@@ -1,6 +1,7 @@
 """A stand-in for `python -m engine.train` that speaks the engine's event stream (tests only).
 
-Invoked exactly like the engine: `fake_engine.py -m engine.train --spec SPEC --out DIR [--resume]`.
+Invoked exactly like the engine: `fake_engine.py -m engine.train --spec SPEC --out DIR [--resume]`, or with
+torchrun's arguments in front (one process stands for all of them).
 The job's `name` picks the behaviour: `fake:ok` (default), `fake:crash`, `fake:hang` (runs until
 SIGTERM, then exits 143), `fake:stubborn` (ignores SIGTERM, needs SIGKILL), `fake:slow` (ok, but
 one second per step; stops between steps on SIGTERM). Losses are `2.0 / step` so tests can compute
@@ -32,7 +33,7 @@ def main() -> int:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # also under torchrun's arguments (`-m torch.distributed.run ...`)
     spec = json.loads(Path(args.spec).read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
