@@ -127,6 +127,9 @@ def test_numbers_are_finite_and_bounded_through_the_api(client, alice, sent) -> 
         '{"learning_rate": Infinity}': "config.learning_rate",
         '{"adam_epsilon": NaN}': "config.adam_epsilon",
         '{"max_grad_norm": -Infinity}': "config.max_grad_norm",
+        '{"adam_epsilon": Infinity}': "config.adam_epsilon",
+        '{"max_grad_norm": Infinity}': "config.max_grad_norm",
+        '{"learning_rate": 1e999}': "config.learning_rate",
         '{"max_steps": true}': "config.max_steps",
         '{"max_steps": 0}': "config.max_steps",
     }
