@@ -275,11 +275,13 @@ class StepMetrics:
     With several processes `compute()` sums each rank's sums (losses divide by global counts, so they
     add up) and the totals and weights of the means over the ranks, so every metric is a global value;
     `replicated=True` marks a value every rank already holds in full (the gradient norm), which is not
-    added up.
+    added up; `StepMetrics(device, local=True)` is reduced over nothing (every rank computed the same
+    values, e.g. on the whole evaluation set).
     """
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu", local: bool = False) -> None:
         self.device = torch.device(device)
+        self.local = local
         self._sums: dict[str, list[torch.Tensor]] = {}
         self._means: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._scalars: dict[str, float] = {}
@@ -309,7 +311,7 @@ class StepMetrics:
 
     def compute(self) -> dict[str, float]:
         """All metrics as floats with one device->host transfer; resets the accumulator."""
-        procs = distributed.current()
+        procs = distributed.SINGLE if self.local else distributed.current()
         sums, means = dict(self._sums), dict(self._means)
         if procs.active:  # every rank reduces the same names in the same order
             names: list[list[str]] = [[] for _ in range(procs.world)]
@@ -605,8 +607,9 @@ def evaluate_offline(
     micro_step: Callable[[Any, Any, StepMetrics], torch.Tensor],
 ) -> dict[str, float]:
     """The loss and metrics of `micro_step` over a whole evaluation set (no gradients, eval mode), with the
-    set's totals as the normaliser, keyed `eval/loss` and `eval/<metric>`. One host transfer."""
-    metrics = StepMetrics(ctx.device)
+    set's totals as the normaliser, keyed `eval/loss` and `eval/<metric>`. One host transfer. Every rank
+    scores the whole set, so the metrics are not added up over ranks."""
+    metrics = StepMetrics(ctx.device, local=True)
     totals = counts(batches)
     was_training = model.training
     model.eval()

@@ -54,12 +54,21 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "final" / "model.safetensors"))
 
 
+def all_metrics(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Every metric of each step, the training ones and the evaluation ones (two events) together."""
+    out: dict[int, dict[str, float]] = {}
+    for e in events:
+        if e["type"] == "metrics":
+            out.setdefault(e["step"], {}).update(e["metrics"])
+    return out
+
+
 def compare(tmp_path: Path, spec: dict[str, Any], distributed: dict[str, Any] | None = None) -> tuple:
     code, one, _ = run_procs(spec, tmp_path / "one", 1)
     assert code == 0, one[-1]
     code, two, stderr = run_procs(two_processes(spec, distributed), tmp_path / "two", 2)
     assert code == 0, stderr[-3000:]
-    a, b = metrics_by_step(one), metrics_by_step(two)
+    a, b = all_metrics(one), all_metrics(two)
     assert sorted(a) == sorted(b)
     for step in a:
         assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5), step
@@ -106,7 +115,9 @@ def test_batch_statistics_are_taken_over_every_rank(tmp_path, algorithm, builtin
     # 0 while the policy is its reference, so the job runs 3 steps at a high learning rate. BCO's 5 rows in
     # batches of 4 give a step of 1 row, where rank 1 runs a stand-in that must add nothing to the mean.
     spec = tiny_spec(algorithm, builtin, num_rows=num_rows, max_steps=3, **{**SGD, "learning_rate": 1.0})
+    spec["eval_dataset"] = {"builtin": builtin, "num_rows": 3, "seed": 1}  # every rank scores all of it
     one, two, _ = compare(tmp_path, spec)
+    assert two[3]["eval/loss"] == pytest.approx(one[3]["eval/loss"], rel=1e-5)
     assert any(abs(m[statistic]) > 1e-4 for m in one.values())  # the statistic did move
     for step in one:
         assert two[step][statistic] == pytest.approx(one[step][statistic], rel=1e-5, abs=1e-7), step
