@@ -7,8 +7,6 @@ A loop is built from these pieces (the offline algorithms through `offline.Offli
     BatchStream(lengths, batch_size, seed)      length-bucketed, resumable micro-batch order
     StepMetrics(device)                         on-device accumulation, one host transfer per log
     Checkpointer(out_dir / "checkpoints", ...)  model/adapter + optimizer + scheduler + RNG + data position
-    run_offline_loop(ctx, parts)                the gradient-accumulation loop for offline algorithms
-                                                (each optimizer step: `engine.algorithms.step`)
 
 Losses are not computed here: they come from `engine.losses`, already normalised by the global count of
 the whole optimizer step, so the loop backwards each micro-batch loss as is and never divides by
@@ -507,96 +505,6 @@ class Checkpointer:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state.get("rng", {}))
         return state
-
-
-# --------------------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class OfflineParts:
-    """What an offline algorithm plugs into `run_offline_loop`.
-
-    collate(indices) -> batch: builds one micro-batch on the device.
-    counts(batches) -> Any: the global counts of one optimizer step (host ints, computed before any forward).
-    micro_step(batch, counts, metrics) -> loss: forward + loss (globally normalised), adds its metrics.
-    on_step_end(step): optional hook after each optimizer step (e.g. weight averaging).
-    state_dict()/load_state_dict(d): optional algorithm state saved in checkpoints.
-    save_extra(final_dir): optional hook to write more into DIR/final (e.g. averaged weights).
-    evaluate() -> metrics: optional; run every `eval_steps` and after the last step (`evaluate_offline`).
-    ghost(batch) -> batch: optional; marks the stand-in batch of a rank with no rows of its own in a short
-        last batch (its loss is zeroed; a micro-step that all-reduces statistics must add nothing for it).
-    """
-
-    model: Any
-    tokenizer: Any
-    stream: BatchStream
-    collate: Callable[[list[int]], Any]
-    counts: Callable[[list[Any]], Any]
-    micro_step: Callable[[Any, Any, StepMetrics], torch.Tensor]
-    on_step_end: Callable[[int], None] | None = None
-    state_dict: Callable[[], dict[str, Any]] | None = None
-    load_state_dict: Callable[[dict[str, Any]], None] | None = None
-    save_extra: Callable[[Path], None] | None = None
-    on_resume: Callable[[int], None] | None = None
-    evaluate: Callable[[], dict[str, float]] | None = None
-    ghost: Callable[[Any], Any] | None = None
-
-
-def run_offline_loop(
-    ctx: TrainContext, parts: OfflineParts, reference: torch.nn.Module | None = None
-) -> Path:
-    """Gradient accumulation over the stream's micro-batches, each optimizer step taken by `OptimizerStep`
-    (which also mixes `reference` when the config asks for `sync_ref_model`). Returns DIR/final."""
-    from engine.algorithms.step import OptimizerStep
-
-    cfg = ctx.spec.config
-    ga = cfg.gradient_accumulation_steps
-    procs = distributed.current()
-    if procs.active:  # plan micro-batches of the global size; each rank takes its share of every one
-        old = parts.stream
-        parts.stream = BatchStream(old.lengths, old.batch_size * procs.world, old.seed, old.shuffle)
-    total = total_optimizer_steps(cfg, parts.stream.batches_per_epoch)
-    stepper = OptimizerStep(ctx, parts.model, parts.tokenizer, total, reference=reference)
-    state = stepper.resume()
-    if state is not None:
-        if state.get("data_position"):
-            parts.stream.restore(state["data_position"])
-        if parts.load_state_dict is not None:
-            parts.load_state_dict(state.get("algorithm_state") or {})
-        if parts.on_resume is not None:
-            parts.on_resume(stepper.step_count)
-
-    metrics = StepMetrics(ctx.device)
-    parts.model.train()
-    while not stepper.done:
-        shares = [(distributed.shard(rows, procs), rows) for rows in parts.stream.take(ga)]
-        # A rank whose share is empty (a short last batch) runs its first row with the loss zeroed, so
-        # every rank runs the same number of forwards and backwards (ZeRO-3 gathers parameters in them).
-        batches = [(parts.collate(mine or rows[:1]), not mine) for mine, rows in shares]
-        if parts.ghost is not None:
-            batches = [(parts.ghost(b) if ghost else b, ghost) for b, ghost in batches]
-        counts = distributed.all_reduce_counts(parts.counts([b for b, ghost in batches if not ghost]))
-        for batch, ghost in batches:
-            ctx.check_stop()
-            with ctx.timer("forward"), ctx.autocast():
-                loss = parts.micro_step(batch, counts, StepMetrics(ctx.device) if ghost else metrics)
-            if ghost:
-                loss = loss * 0.0
-            stepper.backward(loss)
-            metrics.add_sum("train/loss", loss.detach())
-        stepper.step(metrics)
-        metrics.end_step()
-        step = stepper.step_count
-        if parts.on_step_end is not None:
-            parts.on_step_end(step)
-        stepper.report(metrics, parts.stream.epoch_float)
-        if parts.evaluate is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or stepper.done):
-            ctx.events.metrics(step, parts.evaluate())
-        stepper.save_due(parts.stream.position, parts.state_dict() if parts.state_dict else None)
-    final = stepper.save_final()
-    if parts.save_extra is not None:
-        parts.save_extra(final)
-    return final
 
 
 def evaluate_offline(

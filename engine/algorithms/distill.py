@@ -57,13 +57,12 @@ from torch.utils.checkpoint import checkpoint
 from engine import distributed
 from engine.algorithms.common import (
     BatchStream,
-    OfflineParts,
     StepMetrics,
     TrainContext,
     offline_evaluator,
-    run_offline_loop,
     total_optimizer_steps,
 )
+from engine.algorithms.offline import OfflineParts, run_offline_loop
 from engine.data.collate import TokenBatch, pack_bins, pad_rows
 from engine.data.formats import DataFormatError, RowError, expect_format
 from engine.data.sources import load_rows
