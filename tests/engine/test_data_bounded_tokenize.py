@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from engine.data import tokenize_preferences, tokenize_sft
 from engine.data.reward_pairs import tokenize_reward_pairs
 from engine.data.sources import read_file
-from engine.data.tokenize import char_budget, max_token_chars
+from engine.data.tokenize import char_budget, max_token_chars, tokenize_preferences, tokenize_sft
 from engine.data.unpaired import tokenize_unpaired
 from engine.rollout.prompts import PromptEncoder
 
