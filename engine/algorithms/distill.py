@@ -34,7 +34,8 @@ Several processes: each rank takes its share of every global micro-batch (`run_o
 that picks the completions' source is rank 0's, so the whole global micro-batch has one source as in one
 process; each rank samples for its own prompts; the divisor is the step's completion tokens summed over
 the ranks. The teacher is a plain module on every rank (replicated, never partitioned), also under ZeRO-3;
-ZeRO-3 cannot sample from the student (its parameters are partitioned), so it needs `lmbda: 0`.
+under ZeRO-3 the student samples on its gathered full weights (`ZeroEngine.for_generation`), since ranks
+decode different numbers of steps.
 
 Not supported: GOLD's cross-tokenizer ULD loss (`use_uld_loss`), vLLM generation (`use_vllm`) and the
 other SFT options of `engine.spec.job.DISTILL_FIXED`, each refused at submission naming the field.
@@ -44,6 +45,7 @@ completions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Sequence
@@ -397,6 +399,11 @@ def train(spec: Any, ctx: TrainContext) -> Path:
         f"seq_kd={cfg.seq_kd}, beta={cfg.beta}, loss at temperature {loss_cfg.temperature}, {total} steps"
     )
 
+    stepper: dict[str, Any] = {"zero": None}  # the DeepSpeed engine, once the loop has built it
+
+    def on_start(step_component: Any) -> None:
+        stepper["zero"] = step_component.zero
+
     def collate(units_of_batch: list[int]) -> DistillBatch:
         # once per micro-step, for the whole global batch: every rank draws, rank 0's draw decides
         on_policy = distributed.from_main(random.random()) <= cfg.lmbda
@@ -411,7 +418,8 @@ def train(spec: Any, ctx: TrainContext) -> Path:
                 pack,
             ).to(ctx.device)
         prompts = [examples[i].prompt_ids for i in indices]
-        with ctx.autocast():
+        zero = stepper["zero"] if source == "student" else None
+        with zero.for_generation() if zero is not None else contextlib.nullcontext(), ctx.autocast():
             out = samplers[source].generate(prompts, generations, sampling)
         repeated = [p for p in prompts for _ in range(generations)]
         rows = sampled_examples(repeated, out.completion_ids, eos_ids)
@@ -471,5 +479,6 @@ def train(spec: Any, ctx: TrainContext) -> Path:
             micro_step=micro_step,
             on_step_end=on_step_end,
             evaluate=evaluate,
+            on_start=on_start,
         ),
     )

@@ -50,6 +50,8 @@ class OfflineParts:
     evaluate() -> metrics: optional; run every `eval_steps` and after the last step (`evaluate_offline`).
     ghost(batch) -> batch: optional; marks the stand-in batch of a rank with no rows of its own in a short
         last batch (its loss is zeroed; a micro-step that all-reduces statistics must add nothing for it).
+    on_start(stepper): optional; gets the job's `OptimizerStep` before the first micro-batch is collated
+        (e.g. to sample with the policy through `stepper.zero.for_generation()` under ZeRO-3).
     """
 
     model: Any
@@ -65,6 +67,7 @@ class OfflineParts:
     on_resume: Callable[[int], None] | None = None
     evaluate: Callable[[], dict[str, float]] | None = None
     ghost: Callable[[Any], Any] | None = None
+    on_start: Callable[[Any], None] | None = None
 
 
 def run_offline_loop(
@@ -80,6 +83,8 @@ def run_offline_loop(
         parts.stream = BatchStream(old.lengths, old.batch_size * procs.world, old.seed, old.shuffle)
     total = total_optimizer_steps(cfg, parts.stream.batches_per_epoch)
     stepper = OptimizerStep(ctx, parts.model, parts.tokenizer, total, reference=reference)
+    if parts.on_start is not None:
+        parts.on_start(stepper)
     state = stepper.resume()
     if state is not None:
         if state.get("data_position"):

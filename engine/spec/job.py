@@ -524,13 +524,6 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
         )
     if deepspeed and getattr(cfg, "bema", None) is not None:
         return SpecError("config.bema", "bema is not available with DeepSpeed; remove config.bema")
-    if spec.algorithm in DISTILL_ALGORITHMS and deepspeed and stage == 3 and cfg.lmbda > 0:
-        return SpecError(
-            "config.lmbda",
-            f"lmbda={cfg.lmbda}: the student samples completions on every process, which ZeRO-3's "
-            "partitioned parameters do not allow yet; set lmbda to 0 (dataset or teacher-sampled "
-            "completions) or use zero_stage 0-2",
-        )
     if spec.algorithm in ONLINE_ALGORITHMS:
         per_process = cfg.per_device_train_batch_size * cfg.effective_steps_per_generation
         if getattr(cfg, "num_remains_in_group", None) is not None and per_process % cfg.num_generations:

@@ -314,17 +314,19 @@ def test_gkd_two_processes_match_one(tmp_path, teacher):
 
 
 @needs_deepspeed
-def test_gold_zero3_with_teacher_samples_matches_one_process(tmp_path, teacher):
+def test_gold_zero3_matches_one_process_and_samples_from_the_student(tmp_path, teacher):
     # The student's parameters are partitioned, the teacher is whole on each rank. The loss is compared on
     # the dataset's completions (sampled ones differ with the ranks' random streams); a second run has the
-    # teacher sample every completion (seq_kd) under ZeRO-3.
+    # student sample every completion (lmbda 1) on its gathered weights, ranks decoding different lengths.
     spec = distill_spec("gold", teacher, lmbda=0.0)
     _, _, events = compare(tmp_path, spec, zero(3))
     assert any('"stage": 3' in e.get("message", "") for e in events)
-    sampled = two_processes({**spec, "config": {**spec["config"], "seq_kd": True}}, zero(3))
-    code, events, stderr = run_procs(sampled, tmp_path / "seq-kd", 2)
+    sampled = two_processes({**spec, "config": {**spec["config"], "lmbda": 1.0, "max_steps": 2}}, zero(3))
+    code, events, stderr = run_procs(sampled, tmp_path / "on-policy", 2)
     assert code == 0, stderr[-3000:]
-    assert metrics_by_step(events)[1]["distill/teacher_sampled_fraction"] == 1.0
+    steps = metrics_by_step(events)
+    assert [steps[s]["distill/on_policy_fraction"] for s in (1, 2)] == [1.0, 1.0]
+    assert all(steps[s]["train/loss"] > 0 for s in (1, 2))
 
 
 def _from_main_worker(rank: int, init: str, out: str) -> None:

@@ -219,13 +219,6 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
     [
         ("papo", "shapes", {"num_processes": 2}, {"num_generations": 4}, "distributed"),
         (
-            "gkd",
-            "chat",
-            {**DS, "deepspeed_config": {"zero_stage": 3}},
-            {"teacher_model_name_or_path": "tiny:llama", "lmbda": 0.5},
-            "config.lmbda",
-        ),
-        (
             "sft",
             "chat",
             {**DS, "deepspeed_config": {"zero_stage": 3, "zero3_init_flag": True}},
@@ -326,7 +319,7 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
             "gold",
             "chat",
             {**DS, "deepspeed_config": {"zero_stage": 3}},
-            {"teacher_model_name_or_path": "tiny:llama", "lmbda": 0.0, "seq_kd": True},
+            {"teacher_model_name_or_path": "tiny:llama", "lmbda": 0.5, "seq_kd": True},
         ),
         (
             "sft",
