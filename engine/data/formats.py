@@ -132,7 +132,8 @@ def sharegpt_to_messages(conversations: list[dict[str, Any]]) -> list[dict[str, 
         "system": "system",
     }
     return [
-        {"role": roles.get(m.get("from"), m.get("from")), "content": m.get("value")} for m in conversations
+        {"role": roles.get(str(m.get("from")), str(m.get("from"))), "content": str(m.get("value") or "")}
+        for m in conversations
     ]
 
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from engine.presets import Preset, apply_preset
 from engine.spec import parse_job_spec, unsupported
 from engine.spec.base import SpecError
+from engine.spec.grpo import GenerationArgs
 from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
 STAND_IN_MODEL = "tiny:llama-hd32"  # tiny:llama with heads vLLM can serve
@@ -105,10 +106,12 @@ def _problem(preset: Preset, change: dict[str, Any], caps: WorkerCapabilities) -
 
 def _candidate(
     preset: Preset, change: dict[str, Any], problem: SpecError, caps: WorkerCapabilities
-) -> dict | None:
+) -> dict[str, Any] | None:
     """One more edit that removes `problem`, or None when no job change can."""
     if problem.field == "config.per_device_train_batch_size":
         cfg = parse_job_spec(apply_preset(preset, _request(preset, change))).config
+        if not isinstance(cfg, GenerationArgs):
+            return None
         batch, spg, groups = (
             cfg.per_device_train_batch_size,
             cfg.effective_steps_per_generation,
@@ -144,16 +147,16 @@ def preset_status(preset: Preset, caps: WorkerCapabilities) -> PresetStatus:
         return PresetStatus(runnable=True)
     reason = str(problem).split(": ", 1)[-1]
     change: dict[str, Any] = {}
-    current = problem
+    current: SpecError | None = problem
     for _ in range(3):  # each edit removes one obstacle; presets have at most two stacked
+        if current is None:
+            break
         more = _candidate(preset, change, current, caps)
         if more is None:
             change = {}
             break
         change = _merge(change, more)
         current = _problem(preset, change, caps)
-        if current is None:
-            break
     return PresetStatus(
         runnable=False,
         param=problem.field,
