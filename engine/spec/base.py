@@ -136,6 +136,20 @@ def check_model_ref(value: str) -> str:
     return value
 
 
+def check_teacher_ref(value: str | None, who: str) -> None:
+    """A teacher is required by `who` (e.g. "MiniLLM") and must be a model reference like the student's."""
+    if value is None:
+        raise SpecError(
+            "teacher_model_name_or_path",
+            f"{who} needs a teacher: set teacher_model_name_or_path to an HF id, a local path "
+            "(e.g. a previous job's final/ folder), 'bundled:smollm2-135m-instruct' or 'tiny:llama'",
+        )
+    try:
+        check_model_ref(value)
+    except ValueError as exc:
+        raise SpecError("teacher_model_name_or_path", str(exc)) from None
+
+
 class DatasetSpec(StrictModel):
     """Exactly one source: a built-in generated set, a local path, an uploaded file id, or an HF dataset id."""
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_model_ref
+from engine.spec.base import SpecError, StrictModel, TrainingArgs, check_teacher_ref
 from engine.spec.names import DPO_LOSS_TYPES, CpoLossType, FDivergence, KtoLossType, SftLossType
 
 
@@ -178,16 +178,7 @@ class GKDConfig(SFTConfig):
 
     @model_validator(mode="after")
     def _teacher(self) -> GKDConfig:
-        if self.teacher_model_name_or_path is None:
-            raise SpecError(
-                "teacher_model_name_or_path",
-                "distillation needs a teacher: set teacher_model_name_or_path to an HF id, a local path "
-                "(e.g. a previous job's final/ folder), 'bundled:smollm2-135m-instruct' or 'tiny:llama'",
-            )
-        try:
-            check_model_ref(self.teacher_model_name_or_path)
-        except ValueError as exc:
-            raise SpecError("teacher_model_name_or_path", str(exc)) from None
+        check_teacher_ref(self.teacher_model_name_or_path, "distillation")
         return self
 
 
