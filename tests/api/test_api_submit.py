@@ -197,16 +197,18 @@ def test_body_must_be_an_object(client, alice) -> None:
     assert error["code"] == "invalid_request"
 
 
-def test_algorithm_that_is_not_runnable_yet(client, alice, sent) -> None:
-    waiting = [a for a in ALGORITHMS if a not in RUNNABLE_ALGORITHMS]
-    if not waiting:
-        pytest.skip("every algorithm is runnable")
+def test_algorithm_that_is_not_runnable_yet(client, alice, sent, monkeypatch) -> None:
+    # every algorithm trains today; a job class without a loop is what an algorithm on its way in looks like
+    runnable = RUNNABLE_ALGORITHMS - {"papo"}
+    monkeypatch.setattr("engine.spec.job.RUNNABLE_ALGORITHMS", runnable)
+    waiting = [a for a in ALGORITHMS if a not in runnable]
+    assert waiting == ["papo"]
     # a built-in set that fits the algorithm, so the spec is valid and only runnability is refused
     builtin = next(name for name, algos in BUILTIN_DATASET_ALGORITHMS.items() if waiting[0] in algos)
     body = {"algorithm": waiting[0], "model": "tiny:llama", "dataset": {"builtin": builtin}}
     error = _error(client.post("/v1/jobs", json=body, headers=alice))
     assert (error["code"], error["param"]) == ("algorithm_not_runnable", "algorithm")
-    assert waiting[0] in error["message"] and sorted(RUNNABLE_ALGORITHMS)[0] in error["message"]
+    assert waiting[0] in error["message"] and sorted(runnable)[0] in error["message"]
     assert sent == []
 
 
