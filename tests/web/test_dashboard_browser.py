@@ -299,3 +299,17 @@ def test_samples_of_image_prompts_show_their_thumbnails(page, platform, login) -
     thumb.wait_for(timeout=60_000)
     assert thumb.get_attribute("src").startswith("data:image/png;base64,")
     assert thumb.evaluate("img => img.complete && img.naturalWidth > 0")  # a real, decodable picture
+
+
+def test_axis_labels_stay_distinct_on_a_narrow_range(page, platform) -> None:
+    page.goto("/")
+    labels = page.evaluate(
+        """async () => {
+            const { tickLabels } = await import("/web/js/chart.js");
+            return [tickLabels([0.1844876, 0.1844878, 0.184488]), tickLabels([0, 0.5, 1]), tickLabels([2e-5, 4e-5])];
+        }"""
+    )
+    narrow, plain, small = labels
+    assert len(set(narrow)) == 3 and [float(v) for v in narrow] == [0.1844876, 0.1844878, 0.184488]
+    assert plain == ["0", "0.5", "1"]  # short labels stay short when they already differ
+    assert small == ["2e-5", "4e-5"]

@@ -10,6 +10,19 @@ function tick(v) {
   const a = Math.abs(v);
   return a < 1e-3 || a >= 1e5 ? v.toExponential(1).replace(".0e", "e") : String(Number(v.toPrecision(4)));
 }
+// A tick's label, with more digits when the short labels would repeat (a range much narrower than its values).
+export function tickLabels(ticks) {
+  const labels = ticks.map(tick);
+  if (ticks.length < 2 || new Set(labels).size === labels.length) return labels;
+  const spacing = Math.abs(ticks[1] - ticks[0]);
+  const decimals = Math.min(12, Math.max(0, 1 - Math.floor(Math.log10(spacing))));
+  return ticks.map((v) => (v === null ? "" : String(Number(v.toFixed(decimals)))));
+}
+// Room for the longest label (about 7 px a character at the axis font), so long ones are not cut.
+function axisWidth(u, values) {
+  const longest = Math.max(0, ...(values || []).map((v) => String(v).length));
+  return Math.max(48, 7 * longest + 20);
+}
 const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 25000, 50000, 100000, 200000, 500000, 1e6];
 export const COLORS = ["#2f6fde", "#e8710a", "#1e8e3e", "#a142f4", "#d93025", "#12a4af", "#f9ab00", "#5f6368"];
 
@@ -103,7 +116,7 @@ export class MetricChart {
       ...this.size(),
       cursor: { drag: { x: true, y: false } },
       scales: { x: { time: false }, y: { distr: log ? 3 : 1, range: (u, min, max) => yRange(min, max, log) } },
-      axes: [{ label: "step", incrs: STEP_INCRS }, { values: (u, ticks) => ticks.map(tick), size: 64 }],
+      axes: [{ label: "step", incrs: STEP_INCRS }, { values: (u, ticks) => tickLabels(ticks), size: axisWidth }],
       legend: { live: true },
       // the drawn y range, readable by tests and tools: data-y-range="min,max"
       hooks: { setScale: [(u, key) => { if (key === "y") this.box.dataset.yRange = `${u.scales.y.min},${u.scales.y.max}`; }] },
