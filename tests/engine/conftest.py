@@ -9,6 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,42 @@ def run_cli_checked(spec: dict[str, Any], out: Path) -> list[dict[str, float]]:
     metrics = [e["metrics"] for e in events if e["type"] == "metrics"]
     assert len(metrics) == 3
     return metrics
+
+
+def serve_rewards(score: Callable[[list[int]], float]) -> Iterator[list[dict[str, Any]]]:
+    """A remote `http` reward on 127.0.0.1 that scores each completion's token ids with `score`; yields the
+    job's `reward_funcs` and stops the server afterwards."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            payload = json.dumps({"rewards": [score(c) for c in body["completion_ids"]]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield [{"name": "http", "url": f"http://127.0.0.1:{httpd.server_address[1]}/"}]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _text_hash(ids: list[int]) -> int:
+    return zlib.crc32(json.dumps(ids).encode())
+
+
+@pytest.fixture
+def hash_reward() -> Iterator[list[dict[str, Any]]]:
+    """A remote reward with variance in every group: a hash of the completion, in [0, 1)."""
+    yield from serve_rewards(lambda ids: (_text_hash(ids) % 1000) / 1000)
+
+
+@pytest.fixture
+def coin_reward() -> Iterator[list[dict[str, Any]]]:
+    """1 for about a quarter of the completions (a hash of the text), else 0: many groups are all 0."""
+    yield from serve_rewards(lambda ids: float(_text_hash(ids) % 4 == 0))

@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import REPO, metrics_by_step, tiny_spec
-from tests.engine.test_grpo import hash_reward  # noqa: F401, F811  (the fixture)
 from worker.runner import engine_command
 
 pytestmark = pytest.mark.slow
@@ -252,7 +251,7 @@ def run_seeded(spec: dict[str, Any], out: Path, nproc: int) -> tuple[int, list[d
 
 
 @pytest.mark.parametrize("distributed", [{}, zero(2)], ids=["gradient-sum", "zero2"])
-def test_grpo_two_processes_match_one(tmp_path, distributed, hash_reward):  # noqa: F811
+def test_grpo_two_processes_match_one(tmp_path, distributed, hash_reward):
     if distributed and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("the deepspeed extra is not installed (make deepspeed)")
     # 2 prompts x 4 generations: one process holds both groups, two processes one whole group each.

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
-import zlib
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ import pytest
 
 from tests.engine.conftest import metrics_by_step
 from tests.engine.test_distributed import SGD, assert_same_gradients, run_procs, run_seeded, zero
-from tests.engine.test_grpo import hash_reward  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +79,7 @@ def one_and_two(tmp_path: Path, spec: dict[str, Any], distributed: dict[str, Any
     return a, b
 
 
-def test_group_straddling_two_ranks_matches_one_process(tmp_path, hash_reward):  # noqa: F811
+def test_group_straddling_two_ranks_matches_one_process(tmp_path, hash_reward):
     a, b = one_and_two(tmp_path, straddling(hash_reward))
     adv_one, adv_two = advantages(tmp_path / "one", 1), advantages(tmp_path / "two", 2)
     assert len(adv_one) == len(adv_two) == 12
@@ -99,7 +95,7 @@ def test_group_straddling_two_ranks_matches_one_process(tmp_path, hash_reward): 
     [{"top_entropy_quantile": 0.5}, {"top_entropy_quantile": 0.5, "entropy_coef": 0.01}],
     ids=["per-micro-step", "with-bonus"],
 )
-def test_entropy_mask_threshold_over_all_ranks_matches_one_process(tmp_path, hash_reward, config):  # noqa: F811
+def test_entropy_mask_threshold_over_all_ranks_matches_one_process(tmp_path, hash_reward, config):
     # One micro-step per optimizer step: the micro-step's tokens on both ranks are the one process's.
     a, b = one_and_two(tmp_path, straddling(hash_reward, **config))
     ratio = "policy/entropy_mask_ratio"
@@ -109,14 +105,14 @@ def test_entropy_mask_threshold_over_all_ranks_matches_one_process(tmp_path, has
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="make deepspeed")
-def test_grpo_zero3_matches_one_process(tmp_path, hash_reward):  # noqa: F811
+def test_grpo_zero3_matches_one_process(tmp_path, hash_reward):
     # ZeRO-3 partitions the policy: generation runs on gathered weights, the reference (beta > 0) beside it.
     a, b = one_and_two(tmp_path, straddling(hash_reward, beta=0.04), zero(3))
     assert b["policy/kl"] == pytest.approx(a["policy/kl"], abs=1e-7)
     assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
 
 
-def test_dr_grpo_entry_as_written_runs_on_eight_processes(tmp_path, hash_reward):  # noqa: F811
+def test_dr_grpo_entry_as_written_runs_on_eight_processes(tmp_path, hash_reward):
     # The paper index's Dr. GRPO settings: one completion per process, each group of 8 over 8 processes.
     spec = {
         "algorithm": "grpo",
@@ -146,7 +142,7 @@ def test_dr_grpo_entry_as_written_runs_on_eight_processes(tmp_path, hash_reward)
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
-def test_gfpo_two_processes_match_one(tmp_path, hash_reward):  # noqa: F811
+def test_gfpo_two_processes_match_one(tmp_path, hash_reward):
     # The filter ranks each group's completions: each rank holds one whole group of 4 and keeps 2.
     spec = straddling(
         hash_reward, per_device_train_batch_size=8, num_remains_in_group=2, group_filter="shortest"
@@ -169,7 +165,7 @@ def teacher_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("distributed", [{}, zero(3)], ids=["gradient-sum", "zero3"])
-def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_reward, teacher_dir, distributed):  # noqa: F811
+def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_reward, teacher_dir, distributed):
     if distributed and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("the deepspeed extra is not installed (make deepspeed)")
     spec = {**straddling(hash_reward, teacher_model_name_or_path=teacher_dir), "algorithm": "minillm"}
@@ -180,31 +176,6 @@ def test_minillm_with_a_straddling_group_matches_one_process(tmp_path, hash_rewa
         assert_same_gradients(tmp_path)
     else:
         assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
-
-
-class _CoinReward(BaseHTTPRequestHandler):
-    """1 for about a quarter of the completions (a hash of the text), else 0: many groups are all 0."""
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        rewards = [float(zlib.crc32(json.dumps(c).encode()) % 4 == 0) for c in body["completion_ids"]]
-        payload = json.dumps({"rewards": rewards}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def coin_reward():
-    httpd = HTTPServer(("127.0.0.1", 0), _CoinReward)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield [{"name": "http", "url": f"http://127.0.0.1:{httpd.server_address[1]}/"}]
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_dynamic_sampling_over_two_ranks_matches_one_process(tmp_path, coin_reward):
@@ -219,7 +190,7 @@ def test_dynamic_sampling_over_two_ranks_matches_one_process(tmp_path, coin_rewa
     assert_same_gradients(tmp_path)
 
 
-def test_rloo_with_kl_and_whitening_matches_one_process(tmp_path, hash_reward):  # noqa: F811
+def test_rloo_with_kl_and_whitening_matches_one_process(tmp_path, hash_reward):
     # The per-row KL enters the reward and the advantages are whitened over the whole generation batch:
     # both gathered across the ranks.
     spec = {

@@ -15,10 +15,7 @@ from engine.algorithms.grpo import GRPOTrainer
 from engine.events import EventWriter
 from engine.presets import apply_preset, get_preset
 from engine.spec import RUNNABLE_ALGORITHMS, parse_job_spec
-from tests.engine import test_grpo
 from tests.engine.conftest import metrics_by_step, run_inprocess
-
-hash_reward = test_grpo.hash_reward  # a remote reward with variance in every group
 
 G, K = 4, 2  # the preset samples 16 and keeps 8; scaled down to 4 and 2
 

@@ -8,9 +8,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
-import zlib
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -191,32 +188,6 @@ def test_on_policy_beta_zero_computes_no_old_logps_and_loads_no_reference(tmp_pa
     assert t.reference is None and t.counters.old_logp_forwards == 0 and t.counters.ref_logp_forwards == 0
     assert len(calls) == 2 and all(c["grad"] and not c["entropy"] for c in calls)  # training forwards only
     assert all("policy/kl" not in m for m in metrics_of(events_of(stream)))
-
-
-class _HashReward(BaseHTTPRequestHandler):
-    """A remote reward with variance in every group: a hash of the completion text, in [0, 1)."""
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        ids = body["completion_ids"]
-        rewards = [(zlib.crc32(json.dumps(c).encode()) % 1000) / 1000 for c in ids]
-        payload = json.dumps({"rewards": rewards}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def hash_reward():
-    httpd = HTTPServer(("127.0.0.1", 0), _HashReward)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield [{"name": "http", "url": f"http://127.0.0.1:{httpd.server_address[1]}/"}]
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_beta_loads_a_reference_and_reports_kl(tmp_path, hash_reward):

@@ -6,15 +6,12 @@ count, reaching about half the reward. Images reach the model through the JSONL 
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 
 import pytest
 
 from engine.data.shapes import shapes_rows
-from engine.events import EventWriter
-from engine.train import run
+from tests.engine.conftest import run_inprocess
 
 STEPS = 15
 
@@ -41,13 +38,7 @@ def test_multimodal_grpo_mean_reward_rises_on_counting_squares(tmp_path):
             "seed": 5,
         },
     }
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    stream = io.StringIO()
-    code = run(
-        argparse.Namespace(spec=str(spec_path), out=str(tmp_path / "out"), resume=False), EventWriter(stream)
-    )
-    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    code, events = run_inprocess(spec, tmp_path / "out")
     assert code == 0, [e for e in events if e["type"] == "error"]
     rewards = [e["metrics"]["rollout/reward_mean"] for e in events if e["type"] == "metrics"]
     assert len(rewards) == STEPS

@@ -19,7 +19,7 @@ from engine.spec import parse_job_spec, resolve
 from engine.spec.base import SpecError
 from engine.spec.precision import precision_of
 from tests.engine.conftest import run_inprocess, tiny_spec
-from tests.engine.test_grpo import events_of, hash_reward, metrics_of, trainer  # noqa: F401 (a fixture)
+from tests.engine.test_grpo import events_of, metrics_of, trainer
 
 GPU = {"accelerator": "gpu", "gpus": 1}
 
@@ -180,7 +180,7 @@ def test_bf16_pure_offline_runs_keep_weights_and_optimizer_state_in_bf16(tmp_pat
 
 
 @pytest.mark.slow
-def test_bf16_pure_grpo_trains_with_a_bf16_reference(tmp_path, hash_reward):  # noqa: F811 (the fixture)
+def test_bf16_pure_grpo_trains_with_a_bf16_reference(tmp_path, hash_reward):
     t, stream = trainer(tmp_path, {"precision": "bf16-pure", "beta": 0.04}, reward_funcs=hash_reward)
     assert {p.dtype for p in t.reference.model.parameters()} == {torch.bfloat16}
     initial = dict(build_tiny_model().state_dict())

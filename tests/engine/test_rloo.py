@@ -22,12 +22,9 @@ from engine.data.arithmetic import arithmetic_rows
 from engine.events import EventWriter
 from engine.spec import parse_job_spec
 from engine.spec.grpo import RLOOConfig
-from tests.engine import test_grpo
 from tests.engine.conftest import metrics_by_step, run_inprocess, run_subprocess
 from tests.engine.test_resume import _resume_matches
 from tests.engine.test_train_cli import _check_stream
-
-hash_reward = test_grpo.hash_reward  # a remote reward with variance in every group
 
 REQUIRED_METRICS = {
     "train/loss",
