@@ -65,9 +65,9 @@ from engine.algorithms.common import (
     total_optimizer_steps,
 )
 from engine.algorithms.offline import OfflineParts, run_offline_loop
+from engine.algorithms.offline_data import read_rows
 from engine.data.collate import TokenBatch, pack_bins, pad_rows
-from engine.data.formats import DataFormatError, RowError, expect_format
-from engine.data.sources import load_rows
+from engine.data.formats import DataFormatError, RowError
 from engine.data.tokenize import sft_example
 from engine.functional import Count
 from engine.logprobs import LOGIT_BUDGET, output_logits, target_hidden, vocab_width
@@ -149,8 +149,7 @@ def prepare_examples(
     spec: Any, ctx: TrainContext, tokenizer: Any, dataset: Any = None
 ) -> list[DistillExample]:
     cfg = spec.config
-    rows = load_rows(dataset or spec.dataset, ctx.uploads_dir)
-    fmt, rows = expect_format(rows, DISTILL_FORMATS, spec.algorithm, cfg.dataset_text_field)
+    fmt, rows, kind = read_rows(spec, ctx, dataset, DISTILL_FORMATS, cfg.dataset_text_field)
     examples, dropped = tokenize_distill(
         rows,
         fmt,
@@ -164,7 +163,6 @@ def prepare_examples(
             f"no {fmt} row keeps both a prompt and a completion token after truncation to "
             f"max_length={cfg.max_length}"
         )
-    kind = "eval" if dataset is not None else spec.algorithm
     ctx.events.log(f"{kind} data: {len(examples)} {fmt} rows ({dropped} dropped: nothing left to train on)")
     return examples
 

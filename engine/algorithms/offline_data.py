@@ -26,7 +26,7 @@ PREFERENCE_FORMATS = ("preference",)
 UNPAIRED_FORMATS = ("unpaired", "preference")
 
 
-def _read(
+def read_rows(
     spec: Any, ctx: Any, dataset: Any, formats: Iterable[str], text_field: str = "text"
 ) -> tuple[str, list[dict[str, Any]], str]:
     """(format, normalised rows, what the log line calls them: the algorithm, or "eval")."""
@@ -45,7 +45,7 @@ def _too_short(cfg: Any, what: str) -> DataFormatError:
 def sft_examples(spec: Any, ctx: Any, tokenizer: Any, dataset: Any = None) -> list[SFTExample]:
     """Prompt/completion, messages or text rows with their target-token masks."""
     cfg = spec.config
-    fmt, rows, kind = _read(spec, ctx, dataset, SFT_FORMATS, cfg.dataset_text_field)
+    fmt, rows, kind = read_rows(spec, ctx, dataset, SFT_FORMATS, cfg.dataset_text_field)
     examples, dropped = tokenize_sft(
         rows,
         fmt,
@@ -69,7 +69,7 @@ def preference_pairs(spec: Any, ctx: Any, tokenizer: Any, dataset: Any = None) -
     """Prompt/chosen/rejected pairs, truncated by the config's `truncation_mode` (CPO has none: its
     prompts keep their end)."""
     cfg = spec.config
-    _, rows, kind = _read(spec, ctx, dataset, PREFERENCE_FORMATS)
+    _, rows, kind = read_rows(spec, ctx, dataset, PREFERENCE_FORMATS)
     pairs, dropped = tokenize_preferences(
         rows,
         tokenizer,
@@ -90,7 +90,7 @@ def unpaired_examples(
     """Unpaired (prompt, completion, label) rows, or preference pairs unpaired and shuffled; with `with_kl`
     each row also gets KTO's mismatched completion."""
     cfg = spec.config
-    fmt, rows, kind = _read(spec, ctx, dataset, UNPAIRED_FORMATS)
+    fmt, rows, kind = read_rows(spec, ctx, dataset, UNPAIRED_FORMATS)
     examples, dropped = tokenize_unpaired(
         rows,
         fmt,
@@ -124,7 +124,7 @@ def unpaired_examples(
 def reward_pairs(spec: Any, ctx: Any, tokenizer: Any, dataset: Any = None) -> list[RewardExample]:
     """Whole chosen and rejected sequences (prompt prepended), with the optional `margin` column."""
     cfg = spec.config
-    _, rows, kind = _read(spec, ctx, dataset, PREFERENCE_FORMATS)
+    _, rows, kind = read_rows(spec, ctx, dataset, PREFERENCE_FORMATS)
     pairs, dropped = tokenize_reward_pairs(rows, tokenizer, max_length=cfg.max_length)
     if not pairs:
         raise DataFormatError(
