@@ -106,6 +106,10 @@ def describe_errors(
         if field_path:  # engine.spec.base.SpecError: a cross-field rule naming the field to fix
             param = _dotted([*loc, field_path])
             msg = str(cause).removeprefix(f"{field_path}: ")
+        elif kind == "json_invalid":  # loc is ("body", character offset) before stripping
+            param = "body"
+            at = f" at character {loc[0]}" if loc else ""
+            msg = f"the request body is not valid JSON ({cause or msg}{at}): send one JSON object"
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             param = "algorithm"
             if kind == "union_tag_not_found":

@@ -27,6 +27,10 @@ def _bad_file(message: str, remediation: str = "upload JSON Lines: one JSON obje
     return ApiError(422, "invalid_file", message, param="file", remediation=remediation)
 
 
+def _fix_line(lineno: int) -> str:
+    return f"fix line {lineno} so that it holds one complete JSON object, then upload the file again"
+
+
 def _copy_limited(src: BinaryIO, dest: Path, max_bytes: int) -> int:
     size = 0
     with dest.open("wb") as out:
@@ -50,10 +54,17 @@ def count_jsonl_rows(path: Path) -> int:
                 continue
             try:
                 value = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _bad_file(f"line {lineno} is not valid JSON: {exc}") from None
+            except json.JSONDecodeError as exc:  # past the end means: the line stops too early
+                column = min(exc.pos, len(line.rstrip())) + 1
+                raise _bad_file(
+                    f"line {lineno} is not valid JSON: {exc.msg} at column {column}", _fix_line(lineno)
+                ) from None
+            except UnicodeDecodeError:
+                raise _bad_file(f"line {lineno} is not UTF-8 text", _fix_line(lineno)) from None
             if not isinstance(value, dict):
-                raise _bad_file(f"line {lineno} is a JSON {type(value).__name__}, not an object")
+                raise _bad_file(
+                    f"line {lineno} is a JSON {type(value).__name__}, not an object", _fix_line(lineno)
+                )
             rows += 1
     if rows == 0:
         raise _bad_file("the file has no rows")

@@ -83,7 +83,7 @@ def _apply_preset(body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         raise ApiError(
             422,
             "preset_objective_override",
-            f"{missing[0]} is part of preset {preset.id!r}'s objective; the request changes "
+            f"{missing[0]} is part of the objective of preset {preset.id!r}; the request changes "
             f"{', '.join(missing)}",
             param=missing[0],
             remediation=f'to train something other than {preset.id!r} on purpose, add "{OVERRIDE_FLAG}": '

@@ -54,7 +54,7 @@ def estimate_job(spec: JobSpec, rows: int | None = None) -> Estimate:
         )
         seq_len = (cfg.max_prompt_length or 0) + cfg.max_completion_length if cfg.max_prompt_length else None
         per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-        length_basis = "max_prompt_length + max_completion_length"
+        length_basis = "(max_prompt_length + max_completion_length)"
     else:
         micro_per_epoch = math.ceil(n / cfg.per_device_train_batch_size) if n else None
         seq_len = getattr(cfg, "max_length", None)

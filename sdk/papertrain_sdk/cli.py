@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import uuid
@@ -32,7 +33,7 @@ from xml.sax.saxutils import quoteattr
 from papertrain_sdk.client import Client
 from papertrain_sdk.errors import InvalidRequest, PapertrainError, ServerError, Unreachable, WaitTimeout
 from papertrain_sdk.gates import GateResult, parse_gate
-from papertrain_sdk.models import Job
+from papertrain_sdk.models import DryRun, Job
 
 EXIT = {
     "ok": 0,
@@ -55,6 +56,23 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------------------ spec input
 
 
+# YAML 1.1 reads 2e-4 (no dot) as a string; JSON and YAML 1.2 read it as a number, as users expect.
+_FLOAT = re.compile(
+    r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+)
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def load_spec(path: str | None) -> dict[str, Any]:
     """A job spec from a YAML or JSON file (`-` reads stdin); {} without a file."""
     if path is None:
@@ -63,7 +81,7 @@ def load_spec(path: str | None) -> dict[str, Any]:
 
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -74,8 +92,6 @@ def load_spec(path: str | None) -> dict[str, Any]:
 def apply_set(spec: dict[str, Any], assignment: str) -> None:
     """`config.beta=0.0` sets spec["config"]["beta"] = 0.0 (the value is read as YAML: numbers, booleans,
     lists)."""
-    import yaml
-
     path, sep, raw = assignment.partition("=")
     if not sep or not path.strip():
         raise UsageError(f"--set {assignment!r}: expected KEY=VALUE, e.g. config.beta=0.0")
@@ -86,7 +102,7 @@ def apply_set(spec: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise UsageError(f"--set {assignment!r}: {key!r} is not a mapping in the spec")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    node[keys[-1]] = _yaml_load(raw) if raw.strip() else ""
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -126,6 +142,23 @@ class Printer:
 def _job_line(job: Job) -> str:
     step = f"{job.last_step or 0}/{job.total_steps or '?'}"
     return f"{job.id}  {job.status:<10}  {job.algorithm:<8}  step {step:<9}  {job.name or ''}"
+
+
+def dry_run_text(dry: DryRun) -> str:
+    """What a dry run found, for a person: the spec is valid, what differs from the preset, the size."""
+    spec = dry.spec
+    preset = f", preset {dry.preset['id']} v{dry.preset['version']}" if dry.preset else ""
+    lines = [f"valid: {spec.get('algorithm')} on {spec.get('model')}{preset} (nothing was submitted)"]
+    for d in dry.preset_diff:
+        was = json.dumps(d.get("preset_value")) if d.get("preset_fixed") else "not set"
+        mark = ", part of its objective" if d.get("objective") else ""
+        lines.append(f"  {d['param']} = {json.dumps(d.get('value'))} (preset: {was}{mark})")
+    est = dry.estimate
+    if est:
+        steps = est.get("steps") if est.get("steps") is not None else "?"
+        tokens = f", at most {est['max_tokens']:,} tokens" if est.get("max_tokens") else ""
+        lines.append(f"estimate: {steps} steps of {est.get('sequences_per_step')} sequences{tokens}")
+    return "\n".join(lines)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -272,7 +305,7 @@ def cmd_submit(client: Client, printer: Printer, args: argparse.Namespace) -> in
         dry = client.jobs.validate(spec)
         for w in dry.warnings:
             printer.note(f"warning [{w.param}]: {w.message}")
-        printer.result(dry.model_dump(mode="json"), json.dumps(dry.estimate))
+        printer.result(dry.model_dump(mode="json"), dry_run_text(dry))
         return EXIT["ok"]
     key = args.idempotency_key or str(uuid.uuid4())  # a retried POST inside this run never submits twice
     job = client.jobs.create(spec, idempotency_key=key)

@@ -75,6 +75,14 @@ def test_bad_uploads_are_422_and_leave_nothing(client, alice, settings, content,
     assert leftovers == []
 
 
+def test_a_broken_line_is_named_with_its_column_and_the_fix(client, alice) -> None:
+    # The second line (22 characters) lacks its closing brace: the parser runs out just after it, column 23.
+    res = _upload(client, alice, b'{"prompt": "a"}\n{"prompt": "b", "x": 1\n{"prompt": "c"}\n')
+    error = res.json()["error"]
+    assert error["message"] == "line 2 is not valid JSON: Expecting ',' delimiter at column 23"
+    assert error["remediation"].startswith("fix line 2 ")
+
+
 def test_upload_size_limit(client, alice, settings, monkeypatch) -> None:
     monkeypatch.setattr(client.app.state, "settings", settings.model_copy(update={"max_upload_bytes": 10}))
     res = _upload(client, alice, CONTENT)

@@ -361,3 +361,15 @@ def test_use_vllm_needs_a_worker_with_vllm(settings, sent, alice, vllm, status) 
     else:
         assert res.status_code == 201, res.text
         assert len(sent) == 1
+
+
+def test_a_body_that_is_not_json_is_named_as_the_body(client, alice) -> None:
+    res = client.post(
+        "/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=b'{"algorithm": '
+    )
+    error = res.json()["error"]
+    assert res.status_code == 422 and error["param"] == "body"
+    assert (
+        error["message"].startswith("body: the request body is not valid JSON (")
+        and "at character" in error["message"]
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from papertrain_sdk import parse_gate
-from papertrain_sdk.cli import UsageError, apply_set
+from papertrain_sdk.cli import UsageError, apply_set, dry_run_text, load_spec
 from papertrain_sdk.client import _parse_sse
 from papertrain_sdk.errors import Conflict, InvalidRequest, NotFound, ServerError, from_response
+from papertrain_sdk.models import DryRun
 
 METRICS = {"rollout/reward_mean": [(1, 0.1), (2, 0.5), (3, 0.3)]}
 
@@ -43,10 +44,11 @@ def test_set_writes_typed_values_at_dotted_paths() -> None:
         "name=ci",
         "peft_config.r=8",
         "config.bf16=true",
+        "config.learning_rate=2e-4",  # a number, as in JSON, although YAML 1.1 has no float without a dot
     ):
         apply_set(spec, assignment)
     assert spec == {
-        "config": {"beta": 0.0, "max_steps": 5, "bf16": True},
+        "config": {"beta": 0.0, "max_steps": 5, "bf16": True, "learning_rate": 0.0002},
         "name": "ci",
         "peft_config": {"r": 8},
     }
@@ -54,6 +56,15 @@ def test_set_writes_typed_values_at_dotted_paths() -> None:
         apply_set(spec, "config.beta")
     with pytest.raises(UsageError):
         apply_set(spec, "name.x=1")  # name is not a mapping
+
+
+def test_spec_files_read_exponents_as_numbers(tmp_path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: '1e-3'\nconfig: {learning_rate: 1e-5, beta: 4.0e-2, max_steps: 8}\n")
+    assert load_spec(str(path)) == {
+        "name": "1e-3",
+        "config": {"learning_rate": 1e-5, "beta": 0.04, "max_steps": 8},
+    }
 
 
 def test_sse_parser_skips_comments_and_reads_events() -> None:
@@ -86,3 +97,27 @@ def test_the_server_cli_hands_client_groups_to_the_sdk(capsys) -> None:
 
     assert main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 6
     assert "did not answer" in capsys.readouterr().err
+
+
+def test_dry_run_text_shows_the_preset_changes_and_the_size() -> None:
+    dry = DryRun(
+        spec={"algorithm": "grpo", "model": "tiny:llama"},
+        preset={"id": "dapo", "version": 2},
+        preset_diff=[
+            {"param": "config.max_steps", "preset_value": None, "value": 8, "preset_fixed": False},
+            {
+                "param": "config.beta",
+                "preset_value": 0.0,
+                "value": 0.04,
+                "preset_fixed": True,
+                "objective": True,
+            },
+        ],
+        estimate={"steps": 8, "sequences_per_step": 16, "max_tokens": 70000},
+    )
+    assert dry_run_text(dry).splitlines() == [
+        "valid: grpo on tiny:llama, preset dapo v2 (nothing was submitted)",
+        "  config.max_steps = 8 (preset: not set)",
+        "  config.beta = 0.04 (preset: 0.0, part of its objective)",
+        "estimate: 8 steps of 16 sequences, at most 70,000 tokens",
+    ]
