@@ -114,7 +114,12 @@ def cmd_api(settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="papertrain", description="Self-hosted LLM post-training platform.")
+    parser = argparse.ArgumentParser(
+        prog="papertrain",
+        description="Self-hosted LLM post-training platform.",
+        epilog="client commands (the SDK's, against a running server): papertrain jobs|presets|files --help. "
+        "Settings come from PAPERTRAIN_* environment variables (see `papertrain up --help`).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the database schema (alembic upgrade head)")
     token = sub.add_parser("create-token", help="create a user if needed and print a new API token once")
@@ -126,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokens_sub.add_parser("list", help="every token: id, user, name, prefix, last use, revoked")
     revoke = tokens_sub.add_parser("revoke", help="revoke a token by id (it stops working at once)")
     revoke.add_argument("token_id", type=int)
-    sub.add_parser("up", help="embedded mode: migrate, ensure an admin token, run worker + api + dashboard")
+    sub.add_parser(
+        "up",
+        help="embedded mode: migrate, ensure an admin token, run worker + api + dashboard",
+        description="Migrate, ensure an admin token, and run a worker, the API and the dashboard in one process "
+        "tree (SQLite, a server-less queue, a local MLflow store).",
+        epilog="settings: PAPERTRAIN_PORT (default 8000), PAPERTRAIN_HOST (127.0.0.1), PAPERTRAIN_VAR_DIR "
+        "(./var: database, queue, MLflow store, jobs, uploads, admin-token), PAPERTRAIN_WORKER_QUEUES (cpu); "
+        "e.g. PAPERTRAIN_PORT=8100 PAPERTRAIN_VAR_DIR=/tmp/pt papertrain up",
+    )
     worker = sub.add_parser("worker", help="run a worker")
     worker.add_argument(
         "--queues", default=None, help="comma-separated queues (default: settings.worker_queues)"

@@ -246,9 +246,24 @@ def list_job_checkpoints(session: SessionDep, user: PrincipalDep, job_id: str) -
 )
 def download_job_checkpoint(session: SessionDep, user: PrincipalDep, job_id: str, step: int) -> Any:
     """The checkpoint saved at `step`, as a zip of its folder (weights, tokenizer, trainer state)."""
-    folder = service.checkpoint_dir(session, user, job_id, step)
-    tmp = Path(tempfile.mkdtemp(prefix="papertrain-ckpt-"))
-    archive = shutil.make_archive(str(tmp / f"{job_id}-step-{step}"), "zip", root_dir=folder)
+    return _zip_response(service.checkpoint_dir(session, user, job_id, step), f"{job_id}-step-{step}")
+
+
+@router.get(
+    "/{job_id}/model/download",
+    operation_id="download_job_model",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "the final model folder as a zip"}},
+)
+def download_job_model(session: SessionDep, user: PrincipalDep, job_id: str) -> Any:
+    """The final model of a succeeded job as a zip of its folder (the weights, or the LoRA adapter, with the
+    config and tokenizer), in Hugging Face format for `from_pretrained`."""
+    return _zip_response(service.final_model_dir(session, user, job_id), f"{job_id}-final")
+
+
+def _zip_response(folder: Path, name: str) -> FileResponse:
+    tmp = Path(tempfile.mkdtemp(prefix="papertrain-zip-"))
+    archive = shutil.make_archive(str(tmp / name), "zip", root_dir=folder)
     return FileResponse(
         archive,
         media_type="application/zip",

@@ -565,3 +565,26 @@ def checkpoint_dir(session: Session, user: User, job_id: str, step: int) -> Path
             remediation="the final model is also logged to MLflow",
         )
     return folder
+
+
+def final_model_dir(session: Session, user: User, job_id: str) -> Path:
+    """The final model folder (`{output_dir}/final`) of a succeeded job."""
+    job = get_job(session, user, job_id)
+    if job.status != "succeeded":
+        raise ApiError(
+            409,
+            "model_not_ready",
+            f"job {job_id} is {job.status}; only a succeeded job has a final model",
+            param="job_id",
+            remediation="wait until the job succeeds, or download one of its checkpoints",
+        )
+    folder = Path(job.output_dir or "") / "final"
+    if not job.output_dir or not folder.is_dir():
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"the final model of job {job_id} is no longer on this machine's disk",
+            param="job_id",
+            remediation="the final model is also logged to MLflow",
+        )
+    return folder

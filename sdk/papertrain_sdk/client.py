@@ -175,12 +175,20 @@ class Jobs:
 
     def download_checkpoint(self, job_id: str, step: int, dest: str | Path) -> Path:
         """Save the checkpoint at `step` as a zip file at `dest` (a folder gets `<job>-step-<n>.zip`)."""
+        return self._download(
+            f"/v1/jobs/{job_id}/checkpoints/{step}/download", dest, f"{job_id}-step-{step}.zip"
+        )
+
+    def download_model(self, job_id: str, dest: str | Path) -> Path:
+        """Save the final model of a succeeded job as a zip file at `dest` (a folder gets `<job>-final.zip`);
+        unzipped, it loads with `from_pretrained`."""
+        return self._download(f"/v1/jobs/{job_id}/model/download", dest, f"{job_id}-final.zip")
+
+    def _download(self, path: str, dest: str | Path, name: str) -> Path:
         dest = Path(dest)
         if dest.is_dir():
-            dest = dest / f"{job_id}-step-{step}.zip"
-        with self._c._http.stream(
-            "GET", f"/v1/jobs/{job_id}/checkpoints/{step}/download", headers=self._c._headers
-        ) as res:
+            dest = dest / name
+        with self._c._http.stream("GET", path, headers=self._c._headers) as res:
             if res.status_code >= 400:
                 res.read()
                 raise _error(res)

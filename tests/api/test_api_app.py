@@ -73,6 +73,7 @@ def test_operation_ids_are_stable(app) -> None:
         "get_job_metrics",
         "list_job_checkpoints",
         "download_job_checkpoint",
+        "download_job_model",
         "get_me",
         "list_algorithms",
         "get_algorithm_schema",

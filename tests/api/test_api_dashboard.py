@@ -12,6 +12,7 @@ import pytest
 
 import api.web
 from core.models import JobEvent
+from core.transitions import transition
 from engine.spec import ALGORITHMS, RUNNABLE_ALGORITHMS
 from engine.spec.job import BUILTIN_DATASET_ALGORITHMS
 
@@ -111,6 +112,28 @@ def test_checkpoint_download_zips_the_folder_inside_the_job_dir(client, alice, s
     for step in (3, 9):  # outside the job's folder; never saved
         res = client.get(f"/v1/jobs/{job['id']}/checkpoints/{step}/download", headers=alice)
         assert res.status_code == 404 and res.json()["error"]["param"] == "step"
+
+
+def test_final_model_download_zips_the_final_folder_of_a_succeeded_job(
+    client, alice, bob, submit, db
+) -> None:
+    job = client.get(f"/v1/jobs/{submit()['id']}", headers=alice).json()
+    url = f"/v1/jobs/{job['id']}/model/download"
+    res = client.get(url, headers=alice)
+    assert res.status_code == 409 and res.json()["error"]["code"] == "model_not_ready"
+    with db() as session, session.begin():
+        transition(session, job["id"], "running")
+        transition(session, job["id"], "succeeded")
+    res = client.get(url, headers=alice)  # succeeded, but the folder is gone
+    assert res.status_code == 404 and res.json()["error"]["remediation"]
+    final = Path(job["output_dir"]) / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text('{"model_type": "llama"}')
+    res = client.get(url, headers=alice)
+    assert res.status_code == 200 and res.headers["content-type"] == "application/zip"
+    assert f"{job['id']}-final.zip" in res.headers["content-disposition"]
+    assert zipfile.ZipFile(io.BytesIO(res.content)).read("config.json") == b'{"model_type": "llama"}'
+    assert client.get(url, headers=bob).status_code == 404  # someone else's job
 
 
 def test_missing_browser_assets_get_a_message_naming_the_fix(client, monkeypatch, tmp_path) -> None:

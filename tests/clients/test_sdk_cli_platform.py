@@ -59,6 +59,8 @@ def test_sdk_drives_a_job_from_upload_to_checkpoint_download(platform, tmp_path)
         (ckpt,) = client.jobs.checkpoints(job.id)
         archive = client.jobs.download_checkpoint(job.id, ckpt.step, tmp_path)
         assert zipfile.is_zipfile(archive) and zipfile.ZipFile(archive).namelist()
+        model = client.jobs.download_model(job.id, tmp_path)
+        assert model.name == f"{job.id}-final.zip" and "config.json" in zipfile.ZipFile(model).namelist()
         assert job.id in [j.id for j in client.jobs.list(status="succeeded").jobs]
         assert client.jobs.wait(job.id, timeout=5).status == "succeeded"
 

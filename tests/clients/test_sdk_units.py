@@ -99,6 +99,19 @@ def test_the_server_cli_hands_client_groups_to_the_sdk(capsys) -> None:
     assert "did not answer" in capsys.readouterr().err
 
 
+def test_the_server_help_names_the_client_commands_and_the_settings_of_up(capsys) -> None:
+    from papertrain.cli import main
+
+    for argv, needles in (
+        (["--help"], ("jobs|presets|files",)),
+        (["up", "--help"], ("PAPERTRAIN_PORT", "PAPERTRAIN_VAR_DIR")),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(n in out for n in needles), out
+
+
 def test_dry_run_text_shows_the_preset_changes_and_the_size() -> None:
     dry = DryRun(
         spec={"algorithm": "grpo", "model": "tiny:llama"},

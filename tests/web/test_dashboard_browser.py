@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 
 import pytest
 
@@ -198,6 +199,10 @@ def test_run_page_links_mlflow_and_draws_a_flat_curve_around_its_value(
     link = page.locator("#mlflow-link")
     assert link.get_attribute("href") == f"{platform.mlflow_ui_url}/#/runs/{job['mlflow_run_id']}"
     assert link.inner_text() == job["mlflow_run_id"]
+    with page.expect_download() as download:  # the final model, below the checkpoints
+        page.click("#checkpoints .download[data-step='final']")
+    assert download.value.suggested_filename == f"{job_id}-final.zip"
+    assert "config.json" in zipfile.ZipFile(download.value.path()).namelist()
 
     page.locator("summary", has_text="Metrics shown").click()
     page.check(".metric-picker input[value='train/learning_rate']")

@@ -166,23 +166,29 @@ export async function render(root, params) {
   }
 
   function renderCheckpoints(list, job) {
-    if (!list.checkpoints.length) { checkpointsBody.replaceChildren(h("p", { class: "muted", text: "No checkpoints yet." })); return; }
+    const rows = list.checkpoints.map((c) => ({ step: c.step, saved: fmtTime(c.created_at), path: c.path,
+      url: c.step != null ? `/v1/jobs/${job.id}/checkpoints/${c.step}/download` : null, file: `${job.id}-step-${c.step}.zip` }));
+    if (job.status === "succeeded" && job.output_dir) {  // the final model: what from_pretrained loads
+      rows.push({ step: "final", saved: fmtTime(job.finished_at), path: `${job.output_dir}/final`,
+        url: `/v1/jobs/${job.id}/model/download`, file: `${job.id}-final.zip` });
+    }
+    if (!rows.length) { checkpointsBody.replaceChildren(h("p", { class: "muted", text: "No checkpoints yet." })); return; }
     checkpointsBody.replaceChildren(h("div", { class: "table-wrap" }, h("table", { class: "checkpoints" },
       h("thead", {}, h("tr", {}, ...["Step", "Saved", "Path", ""].map((t) => h("th", { scope: "col", text: t })))),
-      h("tbody", {}, ...list.checkpoints.map((c) => h("tr", {},
-        h("td", { text: c.step ?? "" }), h("td", { text: fmtTime(c.created_at) }),
-        h("td", {}, h("code", { text: c.path })),
-        h("td", {}, c.step != null ? h("button", { type: "button", class: "download", "data-step": String(c.step),
-          text: "Download", onclick: () => download(job.id, c.step) }) : null)))))));
+      h("tbody", {}, ...rows.map((r) => h("tr", {},
+        h("td", { text: r.step ?? "" }), h("td", { text: r.saved }),
+        h("td", {}, h("code", { text: r.path })),
+        h("td", {}, r.url ? h("button", { type: "button", class: "download", "data-step": String(r.step),
+          text: "Download", onclick: () => download(r.url, r.file) }) : null)))))));
   }
 
   // The API wants the bearer token, which a plain link cannot send: fetch, then save the blob.
-  async function download(jobId, step) {
+  async function download(path, file) {
     try {
-      const res = await fetch(`/v1/jobs/${jobId}/checkpoints/${step}/download`, { headers: { Authorization: `Bearer ${auth.token}` } });
+      const res = await fetch(path, { headers: { Authorization: `Bearer ${auth.token}` } });
       if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
       const url = URL.createObjectURL(await res.blob());
-      const a = h("a", { href: url, download: `${jobId}-step-${step}.zip` });
+      const a = h("a", { href: url, download: file });
       document.body.append(a);
       a.click();
       a.remove();
