@@ -526,6 +526,9 @@ def retry_job(session: Session, user: User, job_id: str) -> Job:
             "job_not_retryable",
             f"job {job_id} is {job.status.value}; only {sorted(s.value for s in RETRYABLE)} jobs can be retried",
             param="job_id",
+            remediation="to train it again, submit its spec_submitted as a new job (the run page's Clone)"
+            if job.status == JobStatus.succeeded
+            else "cancel it first, or wait until it ends",
         )
     transition(
         session,

@@ -89,7 +89,9 @@ def test_retry_is_a_conflict_unless_failed_or_cancelled(client, alice, job_in, s
     sent.clear()
     res = client.post(f"/v1/jobs/{job_id}/retry", headers=alice)
     assert res.status_code == 409
-    assert res.json()["error"]["code"] == "job_not_retryable"
+    error = res.json()["error"]
+    assert error["code"] == "job_not_retryable"
+    assert ("spec_submitted" in error["remediation"]) is (status == "succeeded")
     assert sent == []
 
 

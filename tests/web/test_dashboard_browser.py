@@ -187,6 +187,22 @@ def test_compare_two_runs(page, platform, login, two_sft_runs, screenshot) -> No
     assert "model" not in [row.split("\t")[0] for row in diff.splitlines()]  # equal keys hidden
     screenshot(page, "compare", full_page=True)
 
+    # against a GRPO run, a key SFT does not have is shown as absent, not as null
+    grpo = {
+        "algorithm": "grpo",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "arithmetic"},
+        "config": {"beta": 0.0},
+    }
+    grpo_id = platform.call("alice", "POST", "/v1/jobs", json=grpo).json()["id"]
+    platform.call("alice", "POST", f"/v1/jobs/{grpo_id}/cancel")
+    page.goto(f"/#/compare?ids={two_sft_runs[0]},{grpo_id}")
+    page.wait_for_selector(f".legend a[href='#/runs/{grpo_id}']")
+    beta = page.locator("#spec-diff tbody tr", has=page.locator("th", has_text=re.compile(r"^config\.beta$")))
+    beta.locator("td").first.wait_for()
+    assert beta.locator("td").all_inner_texts() == ["—", "0"]
+    assert page.locator(".legend a").first.inner_text() == f"sft-lr-0.001 ({two_sft_runs[0][-6:]})"
+
 
 def test_run_page_links_mlflow_and_draws_a_flat_curve_around_its_value(
     page, platform, login, two_sft_runs

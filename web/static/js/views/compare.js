@@ -2,7 +2,7 @@
 // resolved specs (only the keys that differ, or every key).
 import { api } from "../api.js";
 import { ChartPanel, COLORS } from "../chart.js";
-import { errorBox, flatten, fmtValue, h, jobLabel, statusBadge } from "../dom.js";
+import { errorBox, flatten, fmtValue, h, statusBadge } from "../dom.js";
 
 async function picker(root, chosen) {
   const { jobs } = await api("/v1/jobs?limit=100");
@@ -11,7 +11,7 @@ async function picker(root, chosen) {
   const list = h("ul", { class: "pick-list" }, ...jobs.map((j) => {
     const box = h("input", { type: "checkbox", value: j.id, checked: picked.has(j.id), "aria-label": `compare ${j.id}` });
     box.addEventListener("change", () => { if (box.checked) picked.add(j.id); else picked.delete(j.id); go.disabled = picked.size < 2; });
-    return h("li", {}, h("label", { class: "check" }, box, ` ${jobLabel(j)} `, h("span", { class: "muted", text: `${j.id} · ${j.algorithm}` }), " ", statusBadge(j.status)));
+    return h("li", {}, h("label", { class: "check" }, box, j.name ? ` ${j.name} ` : " ", h("span", { class: "muted", text: `${j.id} · ${j.algorithm}` }), " ", statusBadge(j.status)));
   }));
   go.addEventListener("click", () => { location.hash = `#/compare?ids=${[...picked].join(",")}`; });
   root.append(h("h1", { text: "Compare runs" }), h("p", { class: "muted", text: "Pick two or more runs." }),
@@ -26,7 +26,7 @@ export async function render(root, params) {
     jobs = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}`)));
     metrics = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}/metrics`).then((m) => m.metrics)));
   } catch (err) { root.append(h("h1", { text: "Compare runs" }), errorBox(err)); return; }
-  const labels = jobs.map((j) => `${jobLabel(j)} (${j.id.slice(-6)})`);
+  const labels = jobs.map((j) => (j.name ? `${j.name} (${j.id.slice(-6)})` : j.id));
   root.append(h("div", { class: "bar" }, h("h1", { text: `Compare ${jobs.length} runs` }), h("span", { class: "spacer" }),
     h("a", { class: "button", href: `#/compare?pick=1&ids=${ids.join(",")}`, text: "Change runs", id: "change-runs",
       onclick: (e) => { e.preventDefault(); root.replaceChildren(); picker(root, ids); } })),
@@ -42,12 +42,15 @@ export async function render(root, params) {
   // Spec diff: one row per key, one column per run.
   const flat = jobs.map((j) => flatten(j.spec_resolved));
   const allKeys = [...new Set(flat.flatMap((f) => Object.keys(f)))].sort();
-  const differs = (k) => new Set(flat.map((f) => JSON.stringify(f[k] ?? null))).size > 1;
+  // A key one algorithm does not have is shown as absent (—), not as null, and differs from any value.
+  const shown = (f, k) => (k in f ? JSON.stringify(f[k]) : "absent");
+  const differs = (k) => new Set(flat.map((f) => shown(f, k))).size > 1;
   const showAll = h("input", { type: "checkbox", id: "diff-all" });
   const tbody = h("tbody");
   const fill = () => tbody.replaceChildren(...allKeys.filter((k) => showAll.checked || differs(k)).map((k) =>
     h("tr", { class: differs(k) ? "differs" : "" }, h("th", { scope: "row", text: k }),
-      ...flat.map((f) => h("td", {}, h("code", { text: fmtValue(f[k]) }))))));
+      ...flat.map((f) => h("td", {}, k in f ? h("code", { text: fmtValue(f[k]) })
+        : h("span", { class: "muted absent", title: "not a setting of this run's algorithm", text: "—" }))))));
   showAll.addEventListener("change", fill);
   fill();
   root.append(h("section", { class: "card" }, h("div", { class: "bar" }, h("h2", { text: "Spec differences" }),
