@@ -156,3 +156,24 @@ def test_presets_report_what_stops_them_on_the_live_workers(client, alice) -> No
     assert gkd["runnable_change"] is None
     tis = listed["truncated-is"]
     assert tis["runnable"] is False and "gpu-1" in tis["runnable_reason"]
+
+
+def test_preset_answers_follow_what_live_workers_announce(client, alice, db) -> None:
+    """A worker that imports DeepSpeed makes the zero preset run on CPU processes, keeping ZeRO-3."""
+    from core.workers import record_worker
+
+    before = client.get("/v1/presets/zero", headers=alice).json()
+    assert before["runnable_change"] == {"hardware": {"accelerator": "cpu"}, "distributed": None}
+    with db() as session:
+        record_worker(session, "ds-worker@localhost", ["cpu"], {"gpus": 0, "deepspeed": True, "vllm": False})
+        session.commit()
+    after = client.get("/v1/presets/zero", headers=alice).json()
+    assert after["runnable"] is False and after["runnable_change"] == {"hardware": {"accelerator": "cpu"}}
+    body = {
+        "preset": "zero",
+        "model": "tiny:llama",
+        "dataset": {"builtin": "chat"},
+        **after["runnable_change"],
+    }
+    resolved = client.post("/v1/jobs:validate", json=body, headers=alice).json()["spec"]
+    assert resolved["distributed"]["deepspeed_config"]["zero_stage"] == 3
