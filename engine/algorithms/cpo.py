@@ -4,12 +4,12 @@
 
 Per micro-batch of B prompt/chosen/rejected pairs (tokenized and truncated as for DPO, keep_end prompts):
 one policy forward over 2B rows ([prompt+chosen]_1..B, [prompt+rejected]_1..B), summed completion log-probs,
-completion lengths (the per-token scores of `ipo`, `simpo`, `alphapo`) and, when the effective `cpo_alpha`
+completion lengths (the per-token scores of `ipo`, `simpo`, `alphapo`) and, when `cpo_alpha`
 is not 0, the chosen rows' summed NLL. No reference model is ever loaded. `engine.losses.cpo_loss` turns
 them into the pairwise loss (`sigmoid`, `hinge`, `ipo`, `simpo`, `alphapo`; AlphaPO reward shaping for any
 type when `alpha` != 0) normalised by the pairs of the optimizer step, plus `cpo_alpha` times the NLL
-normalised by the chosen completion tokens of the step; `alphapo` forces `cpo_alpha` to 0
-(`CPOConfig.effective_cpo_alpha`). Metrics `rewards/*`, `logps/*`, `cpo/nll_loss`, `cpo/loss`.
+normalised by the chosen completion tokens of the step; `alphapo` resolves `cpo_alpha` to 0
+(`CPOConfig`). Metrics `rewards/*`, `logps/*`, `cpo/nll_loss`, `cpo/loss`.
 `padding_free`: the chosen and rejected rows of a micro-batch run as one row without padding (per-row
 position ids, no attention across rows), with the same per-row log-probs.
 """

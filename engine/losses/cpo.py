@@ -28,7 +28,7 @@ PER_TOKEN_LOSSES = ("ipo", "simpo", "alphapo")  # score = mean log-prob per comp
 
 @dataclass(frozen=True)
 class CPOLossConfig:
-    """The loss-relevant fields of a `CPOConfig`; `cpo_alpha` is already the effective value (0 for alphapo)."""
+    """The loss-relevant fields of a `CPOConfig` (whose `cpo_alpha` is 0 for alphapo)."""
 
     beta: float = 0.1
     loss_type: str = "sigmoid"
@@ -43,7 +43,7 @@ class CPOLossConfig:
             beta=config.beta,
             loss_type=config.loss_type,
             label_smoothing=config.label_smoothing,
-            cpo_alpha=getattr(config, "effective_cpo_alpha", config.cpo_alpha),
+            cpo_alpha=config.cpo_alpha,
             simpo_gamma=config.simpo_gamma,
             alpha=config.alpha,
         )

@@ -3,7 +3,7 @@ TRL names and seed-era defaults; options that only exist in newer TRL are accept
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -153,10 +153,20 @@ class CPOConfig(TrainingArgs):
     max_completion_length: int | None = Field(None, ge=1)
     padding_free: bool = False
 
-    @property
-    def effective_cpo_alpha(self) -> float:
-        """AlphaPO is SimPO with the alpha reward shape and no NLL term (TRL forces cpo_alpha=0)."""
-        return 0.0 if self.loss_type == "alphapo" else self.cpo_alpha
+    @model_validator(mode="before")
+    @classmethod
+    def _alphapo_has_no_nll(cls, data: Any) -> Any:
+        """AlphaPO is SimPO with the alpha reward shape and no NLL term: cpo_alpha resolves to 0, so the stored
+        config says what trains, and an explicit non-zero cpo_alpha is refused rather than ignored."""
+        if not isinstance(data, dict) or data.get("loss_type") != "alphapo":
+            return data
+        if data.get("cpo_alpha", 0.0) != 0.0:
+            raise SpecError(
+                "cpo_alpha",
+                "loss_type 'alphapo' has no NLL term (cpo_alpha 0); drop cpo_alpha, or use loss_type 'simpo' "
+                "with alpha for the alpha reward shape plus an NLL term",
+            )
+        return {**data, "cpo_alpha": 0.0}
 
 
 class RewardConfig(TrainingArgs):

@@ -2,6 +2,7 @@
 
 import math
 
+import pydantic
 import pytest
 import torch
 
@@ -94,11 +95,13 @@ def test_logps_metrics_are_sums_for_summed_losses(loss_type):
     assert out.metrics["logps/rejected"].item() == pytest.approx((-8.0 - 2.0) / 2, rel=1e-12)
 
 
-def test_alphapo_from_spec_forces_cpo_alpha_zero():
+def test_alphapo_from_spec_has_cpo_alpha_zero():
     from engine.spec.offline import CPOConfig
 
-    cfg = CPOLossConfig.from_spec(CPOConfig(loss_type="alphapo", alpha=0.2, cpo_alpha=1.0))
+    cfg = CPOLossConfig.from_spec(CPOConfig(loss_type="alphapo", alpha=0.2))
     assert cfg.cpo_alpha == 0.0 and cfg.alpha == 0.2
+    with pytest.raises(pydantic.ValidationError, match="cpo_alpha"):
+        CPOConfig(loss_type="alphapo", alpha=0.2, cpo_alpha=1.0)
 
 
 def test_bradley_terry_with_margin_and_centering():

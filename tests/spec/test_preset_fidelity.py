@@ -100,3 +100,20 @@ def test_explicit_overlong_lengths_are_kept_and_checked():
 def test_dapo_presets_sample_dynamically_and_say_so(preset_id):
     assert preset_spec(preset_id).config.dynamic_sampling is True
     assert "dynamic" in load_presets()[preset_id].notes.lower()
+
+
+def test_alphapo_stores_the_nll_weight_it_trains_with():
+    """AlphaPO has no NLL term: the stored config says cpo_alpha 0, the loss gets 0, and a non-zero value is
+    refused instead of being ignored."""
+    from engine.losses import CPOLossConfig
+
+    spec = preset_spec("alphapo", dataset={"builtin": "preferences"})
+    assert resolve(spec)["config"]["cpo_alpha"] == 0.0
+    assert CPOLossConfig.from_spec(spec.config).cpo_alpha == 0.0
+    assert "no NLL term" in load_presets()["alphapo"].notes
+    with pytest.raises(pydantic.ValidationError, match="cpo_alpha: loss_type 'alphapo' has no NLL term"):
+        preset_spec("alphapo", dataset={"builtin": "preferences"}, config={"cpo_alpha": 1.0})
+    simpo = preset_spec(
+        "alphapo", dataset={"builtin": "preferences"}, config={"loss_type": "simpo", "cpo_alpha": 1.0}
+    )
+    assert CPOLossConfig.from_spec(simpo.config).cpo_alpha == 1.0  # the NLL term stays where asked for
