@@ -130,6 +130,23 @@ def _every_update_masked(spec: Any) -> Iterator[SpecWarning]:
     )
 
 
+def _bema_never_updates(spec: Any) -> Iterator[SpecWarning]:
+    """BEMA folds the weights in every update_freq steps only; a shorter run saves the starting weights."""
+    bema = getattr(spec.config, "bema", None)
+    steps = spec.config.max_steps
+    if bema is None or steps <= 0 or steps >= bema.update_after + bema.update_freq:
+        return
+    yield SpecWarning(
+        code="bema_never_updates",
+        message=(
+            f"max_steps={steps} ends before the first BEMA update at step "
+            f"{bema.update_after + bema.update_freq} (bema.update_after + bema.update_freq), so final/bema holds "
+            "the starting weights; lower config.bema.update_freq or train longer"
+        ),
+        param="config.bema.update_freq",
+    )
+
+
 # Fields a config accepts (TRL has them) that do nothing here, per algorithm: (fields, why).
 NO_EFFECT: dict[str, tuple[tuple[str, ...], str]] = {
     "bco": (
@@ -174,6 +191,7 @@ RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _warmup_covers_training,
     _overlong_punishment_never_fires,
     _every_update_masked,
+    _bema_never_updates,
     _field_has_no_effect,
 ]
 

@@ -35,3 +35,17 @@ def test_the_old_readme_dapo_example_warns() -> None:
     }
     raw = apply_preset(get_preset("dapo"), request)
     assert "every_update_masked" in {w.code for w in spec_warnings(parse_job_spec(raw))}
+
+
+def test_a_bema_run_shorter_than_its_first_update_warns() -> None:
+    """The bema preset updates every 400 steps: a shorter run would save the starting weights as final/bema."""
+
+    def codes(**config) -> set[str]:
+        request = {"model": "tiny:llama", "dataset": {"builtin": "chat"}, "config": config}
+        return {w.code for w in spec_warnings(parse_job_spec(apply_preset(get_preset("bema"), request)))}
+
+    assert "bema_never_updates" in codes(max_steps=399)
+    assert "bema_never_updates" not in codes(max_steps=400)  # the first update lands on the last step
+    assert "bema_never_updates" not in codes(max_steps=6, bema={"update_freq": 3})
+    assert "bema_never_updates" in codes(max_steps=6, bema={"update_freq": 3, "update_after": 4})
+    assert "bema_never_updates" not in codes(max_steps=-1, num_train_epochs=1)  # length unknown up front
