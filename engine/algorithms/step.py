@@ -26,6 +26,7 @@ are routed through the engine. Only rank 0 writes events, checkpoint metadata an
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,8 @@ class OptimizerStep:
         self.checkpointer = Checkpointer(ctx.out_dir / "checkpoints", cfg.save_total_limit)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step_count = 0
+        self.steps_run = 0  # optimizer steps this run took (a resumed job starts again at 0)
+        self.zero_gradient_steps = 0  # of those, the ones whose gradient was exactly 0 (when it was read)
         self.zero: ZeroEngine | None = None
         if use_deepspeed(ctx.spec):
             self.zero = ZeroEngine(ctx, model, total_steps, self.procs)
@@ -149,13 +152,17 @@ class OptimizerStep:
             self.scaler.unscale_(self.optimizer)
             grad_norm = clip_gradients(self.params, self.cfg.max_grad_norm)
             # A diverged step must not reach the weights (one host sync per step); fp16 scaling skips such steps.
-            if not self.scaler.is_enabled() and not bool(torch.isfinite(grad_norm)):
-                raise NonFiniteLoss(self.step_count + 1, "gradient")
+            if not self.scaler.is_enabled():
+                norm = float(grad_norm)
+                if not math.isfinite(norm):
+                    raise NonFiniteLoss(self.step_count + 1, "gradient")
+                self.zero_gradient_steps += norm == 0.0
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
+        self.steps_run += 1
         self.ctx.step = self.step_count
         cfg = self.cfg
         if self.reference is not None and self.step_count % cfg.ref_model_sync_steps == 0:
@@ -237,7 +244,17 @@ class OptimizerStep:
                 save_model(self.model, self.tokenizer, path)
 
     def save_final(self) -> Path:
-        """The trained model (or LoRA adapter) and tokenizer in Hugging Face format under DIR/final."""
+        """The trained model (or LoRA adapter) and tokenizer in Hugging Face format under DIR/final; a
+        warning first when steps had a zero gradient (a job that trains nothing must not pass unnoticed)."""
+        if self.zero_gradient_steps:
+            n, run = self.zero_gradient_steps, self.steps_run
+            self.ctx.events.log(
+                f"{n} of {run} optimizer steps had a zero gradient and did not change the model"
+                + ("; the final model is the starting one" if n == run else "")
+                + ": every loss term was 0 (online jobs: rewards equal within every group with beta 0, or no "
+                "completion token left in the loss; see rollout/frac_reward_zero_std and the samples)",
+                level="warning",
+            )
         final = self.ctx.out_dir / "final"
         self._write_model(final)
         distributed.barrier()

@@ -329,6 +329,32 @@ def test_updates_with_every_completion_masked_are_reported_as_warnings(tmp_path)
     assert not [e for e in events if e["type"] == "log" and "masked" in e.get("message", "")]
 
 
+def _warnings(stream: io.StringIO) -> list[str]:
+    return [e["message"] for e in events_of(stream) if e["type"] == "log" and e.get("level") == "warning"]
+
+
+@pytest.fixture
+def constant_reward():
+    from tests.engine.conftest import serve_rewards
+
+    yield from serve_rewards(lambda ids: 1.0)
+
+
+def test_a_job_whose_gradient_is_always_zero_says_it_trained_nothing(tmp_path, constant_reward, hash_reward):
+    """Equal rewards in every group and beta 0: every advantage is 0, so is every gradient; the job still
+    succeeds, and its events say the model did not change. A reward that differs within groups does not warn."""
+    t, stream = trainer(tmp_path, {"beta": 0.0}, reward_funcs=constant_reward)
+    t.train()
+    assert [m["train/grad_norm"] for m in metrics_of(events_of(stream))] == [0.0, 0.0]
+    zero = [w for w in _warnings(stream) if "zero gradient" in w]
+    assert len(zero) == 1 and zero[0].startswith("2 of 2 optimizer steps had a zero gradient")
+    assert "the final model is the starting one" in zero[0]
+    t, stream = trainer(tmp_path / "hash", {"beta": 0.0}, reward_funcs=hash_reward)
+    t.train()
+    assert all(m["train/grad_norm"] > 0 for m in metrics_of(events_of(stream)))
+    assert not [w for w in _warnings(stream) if "zero gradient" in w]
+
+
 def test_prompts_are_left_truncated_to_max_prompt_length(tmp_path):
     t, _ = trainer(tmp_path, {"max_prompt_length": 20})
     ids = t.encoder.encode(t.rows[0]["prompt"])
