@@ -245,14 +245,14 @@ class OptimizerStep:
 
     def save_final(self) -> Path:
         """The trained model (or LoRA adapter) and tokenizer in Hugging Face format under DIR/final; a
-        warning first when steps had a zero gradient (a job that trains nothing must not pass unnoticed)."""
-        if self.zero_gradient_steps:
-            n, run = self.zero_gradient_steps, self.steps_run
+        warning first when some steps had a zero gradient (a run with none but such steps gets the event
+        writer's degenerate-run warning instead)."""
+        n, run = self.zero_gradient_steps, self.steps_run
+        if 0 < n < run:
             self.ctx.events.log(
-                f"{n} of {run} optimizer steps had a zero gradient and did not change the model"
-                + ("; the final model is the starting one" if n == run else "")
-                + ": every loss term was 0 (online jobs: rewards equal within every group with beta 0, or no "
-                "completion token left in the loss; see rollout/frac_reward_zero_std and the samples)",
+                f"{n} of {run} optimizer steps had a zero gradient and did not change the model: every loss "
+                "term was 0 (online jobs: rewards equal within every group with beta 0, or no completion token "
+                "left in the loss; see rollout/frac_reward_zero_std and the samples)",
                 level="warning",
             )
         final = self.ctx.out_dir / "final"
