@@ -294,6 +294,24 @@ def test_upload_a_dataset_from_the_launch_form(page, platform, login, tmp_path) 
     assert dataset["path"].endswith(f"{uploaded['id']}.jsonl") and dataset.get("builtin") is None
 
 
+def test_a_refused_upload_shows_the_line_and_the_fix_and_an_empty_list_says_how_to_start(
+    page, platform, login, console, tmp_path
+) -> None:
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    login(page, "bob")  # bob has no runs
+    page.goto("/#/runs")
+    page.wait_for_selector("#view td.empty:has-text('No runs yet')")
+    assert page.locator(".pager").inner_text().count("0 runs") == 1
+    page.goto("/#/launch?algorithm=sft")
+    page.check("input[name=ds-source][value=file]")
+    console.expect(422, "/v1/files")
+    page.set_input_files("#f-upload", str(data))
+    error = page.locator("[data-param='dataset.file_id'] .field-error")
+    error.filter(has_text="line 2").wait_for()
+    assert "fix line 2" in error.inner_text() and page.locator("#f-upload").is_visible()
+
+
 def test_samples_of_image_prompts_show_their_thumbnails(page, platform, login) -> None:
     body = {
         "algorithm": "grpo",

@@ -107,7 +107,7 @@ export async function render(root, params) {
     if (ds.builtin) builtinSel.value = ds.builtin;
     const rowsInput = h("input", { id: "f-dataset-num_rows", type: "text", inputmode: "numeric", value: ds.num_rows ?? "", placeholder: "all" });
     const fileSel = h("select", { id: "f-dataset-file_id" });
-    const fileInput = h("input", { id: "f-upload", type: "file", accept: ".jsonl,.json,.parquet" });
+    const fileInput = h("input", { id: "f-upload", type: "file", accept: ".jsonl,.json,.ndjson" });  // what the server takes
     const uploadStatus = h("span", { class: "muted", role: "status" });
     const pathInput = h("input", { id: "f-dataset-path", type: "text", value: ds.path || "", placeholder: "/data/train.jsonl" });
     async function loadFiles(selected) {
@@ -127,7 +127,14 @@ export async function render(root, params) {
         await loadFiles(out.id);
         radios[1].querySelector("input").checked = true;
         showSource();
-      } catch (err) { uploadStatus.textContent = ""; showErrors(form, [{ param: "dataset.file_id", message: err.message }], formErrors); }
+      } catch (err) {  // the refusal names the line and the fix: show both, next to the upload
+        uploadStatus.textContent = "";
+        fileInput.value = "";  // choosing the fixed file again fires another change
+        radios[1].querySelector("input").checked = true;
+        showSource();
+        const fix = err.remediation ? ` (${err.remediation})` : "";
+        showErrors(form, [{ param: "dataset.file_id", message: `${err.message}${fix}` }], formErrors);
+      }
     });
     const part = (param, label, control, extra) => h("div", { class: "field", dataset: { param } },
       h("label", { for: control.id, text: label }), control, extra || null, h("span", { class: "field-error" }));

@@ -95,12 +95,17 @@ export async function render(root, params) {
       errors.replaceChildren();
       renderHead();
       tbody.replaceChildren(...page.jobs.map(row));
-      if (!page.jobs.length) tbody.append(h("tr", {}, h("td", { colspan: "8", class: "muted", text: "No runs match." })));
+      const filtered = ["status", "algorithm", "preset", "q"].some((key) => state[key]);
+      if (!page.jobs.length) {
+        tbody.append(h("tr", {}, h("td", { colspan: "8", class: "muted empty" }, filtered ? "No runs match these filters."
+          : h("span", {}, "No runs yet: launch one from a ", h("a", { href: "#/presets", text: "paper preset" }),
+            " or the ", h("a", { href: "#/launch", text: "form" }), ", or POST /v1/jobs."))));
+      }
       const first = page.total ? state.offset + 1 : 0;
       pager.replaceChildren(
         h("button", { type: "button", text: "Previous", disabled: state.offset === 0,
           onclick: () => { state.offset = Math.max(0, state.offset - PAGE); load(); } }),
-        h("span", { class: "muted", text: `${first}–${state.offset + page.jobs.length} of ${page.total}` }),
+        h("span", { class: "muted", text: page.total ? `${first}–${state.offset + page.jobs.length} of ${page.total}` : "0 runs" }),
         h("button", { type: "button", text: "Next", disabled: state.offset + page.jobs.length >= page.total,
           onclick: () => { state.offset += PAGE; load(); } }));
       // Refresh while anything shown can still change.
