@@ -150,8 +150,10 @@ def resolve_model_path(model_ref: str, cache_dir: Path | None = None) -> str:
     return model_ref
 
 
-def load_tokenizer(model_ref: str, cache_dir: Path | None = None) -> Any:
-    """The tokenizer for a model reference, with a pad token (EOS when the tokenizer has none)."""
+def load_tokenizer(model_ref: str, cache_dir: Path | None = None, field: str = "model") -> Any:
+    """The tokenizer for a model reference, with a pad token (EOS when the tokenizer has none).
+
+    A reference that is neither a model folder nor reachable on the hub is the user's error, named by `field`."""
     if is_vision_model(model_ref, cache_dir):
         return load_processor(model_ref, cache_dir).tokenizer
     if model_ref.startswith("tiny:"):
@@ -159,7 +161,18 @@ def load_tokenizer(model_ref: str, cache_dir: Path | None = None) -> Any:
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(model_ref, cache_dir))
+    from engine.errors import JobError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(model_ref, cache_dir))
+    except OSError as exc:  # no such folder, or a hub id the worker cannot fetch
+        raise JobError(
+            f"{field} {model_ref!r} cannot be loaded: {str(exc).splitlines()[0]}",
+            code="model_not_found",
+            param=field,
+            remediation="name a model the workers hold (a local folder under the model roots, a previous job's "
+            "final/ folder, a bundled: or tiny: model); a Hugging Face id needs hub access on the workers",
+        ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"

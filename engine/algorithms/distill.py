@@ -250,7 +250,7 @@ def load_teacher(spec: Any, ctx: TrainContext, student_tokenizer: Any) -> Any:
             "with full weights"
         )
     try:
-        teacher_tokenizer = load_tokenizer(ref, ctx.cache_dir)
+        teacher_tokenizer = load_tokenizer(ref, ctx.cache_dir, field="config.teacher_model_name_or_path")
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"config.teacher_model_name_or_path={ref!r}: cannot load its tokenizer: {exc}"

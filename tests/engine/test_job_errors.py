@@ -71,3 +71,14 @@ def test_a_run_that_never_updated_says_so() -> None:
     ok.metrics(2, {"train/grad_norm": 0.3})
     ok.done(2, "final")
     assert "degenerate" not in buf2.getvalue()
+
+
+def test_a_model_that_cannot_be_loaded_is_the_users_error_naming_the_field(tmp_path) -> None:
+    spec = tiny_spec("sft", "chat", max_steps=1)
+    spec["model"] = str(tmp_path / "no-such-model")  # neither a folder nor a hub id
+    code, events = run_inprocess(spec, tmp_path / "out")
+    error = events[-1]
+    assert code == 1 and error["type"] == "error"
+    assert (error["code"], error["category"], error["param"]) == ("model_not_found", "user", "model")
+    assert "no-such-model" in error["message"] and str(tmp_path) not in error["message"]
+    assert "bundled:" in error["remediation"]
