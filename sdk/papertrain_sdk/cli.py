@@ -176,6 +176,7 @@ class Follower:
         self.total: int | None = None
         self.metrics: dict[str, float] = {}
         self.started: float | None = None
+        self.now = 0.0
         self.first_step = 0
         self._last_plain = 0.0
 
@@ -183,8 +184,11 @@ class Follower:
         kind, data = event.kind, event.data
         if kind == "progress":
             self.step, self.total = data.get("step", self.step), data.get("total_steps", self.total)
+            # the engine's own clock: replayed history (a job already under way) keeps its real pace
+            ts = data.get("ts")
+            self.now = float(ts) if isinstance(ts, int | float) else time.monotonic()
             if self.started is None:
-                self.started, self.first_step = time.monotonic(), self.step
+                self.started, self.first_step = self.now, self.step
             self._draw()
         elif kind == "metrics":
             self.metrics.update(
@@ -209,7 +213,7 @@ class Follower:
         if total:
             parts.append(f"{100 * self.step / total:3.0f}%")
         if self.started is not None and total and self.step > self.first_step:
-            rate = (time.monotonic() - self.started) / (self.step - self.first_step)
+            rate = (self.now - self.started) / (self.step - self.first_step)
             parts.append(f"ETA {_fmt_eta(rate * (total - self.step))}")
         shown = [k for k in ("train/loss", "rollout/reward_mean", "policy/kl") if k in self.metrics]
         shown = shown or sorted(self.metrics)[:3]

@@ -134,3 +134,17 @@ def test_dry_run_text_shows_the_preset_changes_and_the_size() -> None:
         "  config.beta = 0.04 (preset: 0.0, part of its objective)",
         "estimate: 8 steps of 16 sequences, at most 70,000 tokens",
     ]
+
+
+def test_progress_eta_follows_the_engine_clock_so_replayed_history_keeps_its_pace() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from papertrain_sdk.cli import Follower, Printer
+
+    err = io.StringIO()
+    follow = Follower(Printer("text", stream=err))
+    for step, ts in ((1, 100.0), (2, 110.0)):  # 10 s a step by the engine's clock, delivered at once
+        follow(SimpleNamespace(kind="progress", step=step, data={"step": step, "total_steps": 10, "ts": ts}))
+    follow(SimpleNamespace(kind="metrics", step=2, data={"metrics": {"train/loss": 1.5}}))
+    assert err.getvalue().strip() == "step 2/10   20%  ETA 0:01:20  train/loss=1.5"
