@@ -130,7 +130,7 @@ def reward_pairs(spec: Any, ctx: Any, tokenizer: Any, dataset: Any = None) -> li
         raise DataFormatError(
             f"every pair is longer than max_length={cfg.max_length} tokens; raise max_length"
         )
-    margin = " with margins" if pairs[0].margin is not None else ""
+    margin = " with margins" if pairs[0].margin is not None else " without a margin column (no margin term)"
     ctx.events.log(
         f"{kind} data: {len(pairs)} pairs{margin} ({dropped} dropped: longer than max_length={cfg.max_length})"
     )

@@ -73,18 +73,22 @@ def test_reward_cli_run_emits_a_valid_stream_and_saves_a_classifier(tmp_path):
 def test_margin_and_centring_add_their_terms(tmp_path):
     # one pair per step: loss = -log s(r+ - r- - m) + eta (r+ + r-)^2 with d = r+ - r- logged as reward/margin
     rows = _pairs(4)
-    plain = _run(tmp_path / "plain", _write(tmp_path / "plain.jsonl", rows), per_device_train_batch_size=1)[
-        0
-    ][1]
+    plain_metrics, plain_events = _run(
+        tmp_path / "plain", _write(tmp_path / "plain.jsonl", rows), per_device_train_batch_size=1
+    )
+    plain = plain_metrics[1]
+    assert any("without a margin column (no margin term)" in e.get("message", "") for e in plain_events)
     d = plain["reward/margin"]
     assert plain["train/loss"] == pytest.approx(math.log1p(math.exp(-d)), rel=1e-5)
     assert "reward/centering" not in plain
 
-    with_margin = _run(
+    margin_metrics, margin_events = _run(
         tmp_path / "margin",
         _write(tmp_path / "margin.jsonl", _pairs(4, margin=1.5)),
         per_device_train_batch_size=1,
-    )[0][1]
+    )
+    with_margin = margin_metrics[1]
+    assert any("4 pairs with margins" in e.get("message", "") for e in margin_events)
     assert with_margin["reward/margin"] == pytest.approx(d, rel=1e-6)  # metrics do not subtract the margin
     assert with_margin["train/loss"] == pytest.approx(math.log1p(math.exp(-(d - 1.5))), rel=1e-5)
 
