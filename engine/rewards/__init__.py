@@ -5,7 +5,7 @@ funcs = build_reward_funcs(spec.reward_funcs, RewardContext(max_completion_lengt
 scores = funcs[0](prompts=prompts, completions=texts, completion_ids=ids, answer=answers)
 """
 
-from engine.rewards import model, penalties, remote, verifiable  # noqa: F401  (registers the built-ins)
+from engine.rewards import constant, model, penalties, remote, verifiable  # noqa: F401  (registers the built-ins)
 from engine.rewards.registry import (
     NamedReward,
     RewardContext,

@@ -24,6 +24,7 @@ RewardName = Literal[
     "length",
     "reward_model",
     "http",
+    "constant",
 ]
 
 GRPO_LOSS_TYPES: tuple[str, ...] = get_args(GrpoLossType)

@@ -117,3 +117,23 @@ def test_alphapo_stores_the_nll_weight_it_trains_with():
         "alphapo", dataset={"builtin": "preferences"}, config={"loss_type": "simpo", "cpo_alpha": 1.0}
     )
     assert CPOLossConfig.from_spec(simpo.config).cpo_alpha == 1.0  # the NLL term stays where asked for
+
+
+def test_minillm_learns_from_its_teacher_only():
+    """The entry gives MiniLLM no reward function: the reward is a constant 1.0, whose group advantage is 0,
+    so no task reward (such as the default accuracy) leaks into the distillation."""
+    import torch
+
+    from engine.advantages import group_advantages
+    from engine.rewards import build_reward_funcs
+
+    spec = preset_spec("minillm", config={"teacher_model_name_or_path": "tiny:llama"})
+    assert [r.name for r in spec.reward_funcs] == ["constant"]
+    (reward,) = build_reward_funcs(spec.reward_funcs)
+    scores = reward(
+        prompts=["a"] * 4, completions=["1", "22", "", "x"], completion_ids=[[1], [2, 2], [], [3]]
+    )
+    assert scores == [1.0] * 4
+    advantages, _ = group_advantages(torch.tensor(scores), num_generations=2, scale_rewards="group")
+    assert torch.equal(advantages, torch.zeros(4))
+    assert "constant 1.0" in load_presets()["minillm"].notes
