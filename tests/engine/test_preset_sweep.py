@@ -1,6 +1,6 @@
 """Every shipped preset that a CPU worker runs in one process trains at its smallest scale: the job finishes,
-every metric is finite, some optimizer step has a non-zero gradient, online presets see rewards that differ
-within a group, and the final model reloads.
+every metric is finite, some optimizer step has a non-zero gradient, online presets scored by the sweep's
+reward see rewards that differ within a group, and the final model reloads.
 
 Each preset is merged with a tiny request the way the API merges it (`apply_preset`): only scale keys
 (batch, steps, lengths, learning rate) change, plus the stand-ins a CPU test needs: `tiny:llama` for a hub
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 NEEDS_VLLM = {"truncated-is", "masked-is", "sequence-is"}
 NEEDS_PROCESSES = {"zero"}
 SWEPT = sorted(set(load_presets()) - NEEDS_VLLM - NEEDS_PROCESSES)
-# the rewards of these presets are part of their method (DAPO's overlong punishment differs within a group)
+# the rewards of these presets are part of their method (DAPO's overlong punishment, MiniLLM's constant)
 FIXED_REWARDS = {pid for pid, p in load_presets().items() if "reward_funcs" in p.job}
 
 
@@ -72,8 +72,8 @@ def test_preset_trains_at_its_smallest_scale(tmp_path, preset_id, hash_reward):
     bad = {k: v for m in metrics for k, v in m.items() if not math.isfinite(v)}
     assert not bad, bad
     assert any(m["train/grad_norm"] > 0 for m in metrics), metrics  # some update moved the weights
-    if spec["algorithm"] in ONLINE_ALGORITHMS - {"gkd", "gold"}:
-        assert any(m.get("rollout/reward_std", 0) > 0 for m in metrics), metrics
+    if spec["algorithm"] in ONLINE_ALGORITHMS - {"gkd", "gold"} and preset_id not in FIXED_REWARDS:
+        assert any(m["rollout/reward_std"] > 0 for m in metrics), metrics
     _reload(tmp_path / "final")
 
 
