@@ -160,6 +160,15 @@ def from_main(value: float) -> float:
     return float(t.item())
 
 
+def object_from_main(obj: Any) -> Any:
+    """Rank 0's picklable `obj` on every rank (identity for one process)."""
+    if not current().active:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shard(items: list[Any], procs: Processes) -> list[Any]:
     """This rank's contiguous share of `items`, split as evenly as possible (earlier ranks get one more)."""
     base, extra = divmod(len(items), procs.world)

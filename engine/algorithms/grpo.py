@@ -90,6 +90,7 @@ from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
 from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
 from engine.rollout.prompts import PromptEncoder, PromptSampler, display_prompt
+from engine.rollout.vllm import merge_round_trip
 from engine.rollout.vllm_server import ServerOptions
 from engine.spec.grpo import GRPOConfig
 
@@ -301,31 +302,51 @@ class GRPOTrainer:
         cfg = self.cfg
         if not cfg.use_vllm:
             return make_backend("hf", model=self.model, device=self.ctx.device)
-        # vLLM starts from full weights on disk (LoRA merged into a copy); later syncs send the weights.
-        model = copy.deepcopy(self.model).merge_and_unload() if is_peft_model(self.model) else self.model
-        path = save_model(model, self.tokenizer, self.ctx.out_dir / ".vllm-init")
-        del model
         max_model_len = (cfg.max_prompt_length or 512) + cfg.max_completion_length
         if cfg.vllm_mode == "server":
-            backend = make_backend(
-                "vllm-server",
-                model_dir=path,
-                opts=self.ctx.rollout_server or ServerOptions(),
-                work_dir=self.ctx.out_dir / ".vllm-server",
-                seed=self.ctx.seed,
-                max_model_len=max_model_len,
-                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            )
-            self.ctx.events.log(f"rollout: vLLM server at {backend.url}")
-            return backend
+            return self._server_backend(max_model_len)
+        # refused at submission (engine.spec.unsupported): the colocated engine lives in one process
+        assert not distributed.current().active
         return make_backend(
             "vllm",
-            model_path=str(path),
+            model_path=str(self._initial_weights()),
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             max_model_len=max_model_len,
             dtype={torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(self.ctx.dtype, "float32"),
             seed=self.ctx.seed,
         )
+
+    def _initial_weights(self) -> Path:
+        """vLLM starts from full weights on disk (LoRA merged into a copy); later syncs send the weights."""
+        model = copy.deepcopy(self.model).merge_and_unload() if is_peft_model(self.model) else self.model
+        return Path(save_model(model, self.tokenizer, self.ctx.out_dir / ".vllm-init"))
+
+    def _server_backend(self, max_model_len: int) -> Any:
+        """One server per job: the main process starts it (or connects to the configured one) and sends the
+        weights; the other processes sample from it at the address the main process passes them."""
+        cfg, procs = self.cfg, distributed.current()
+        opts: ServerOptions = self.ctx.rollout_server or ServerOptions()
+        if procs.active:  # the clients could not follow a restarted server's address and weights
+            opts = dataclasses.replace(opts, max_restarts=0)
+        settings = {
+            "work_dir": self.ctx.out_dir / ".vllm-server",
+            "seed": self.ctx.seed,
+            "max_model_len": max_model_len,
+            "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        }
+        backend = None
+        if procs.is_main:
+            model_dir = "" if opts.url else self._initial_weights()  # a running server has its own model
+            backend = make_backend("vllm-server", model_dir=model_dir, opts=opts, **settings)
+            self.ctx.events.log(f"rollout: vLLM server at {backend.url}")
+        url, first_sync = distributed.object_from_main(
+            None if backend is None else (backend.url, backend.needs_first_sync)
+        )
+        if backend is None:
+            client = dataclasses.replace(opts, url=url)
+            backend = make_backend("vllm-server", model_dir="", opts=client, sends_weights=False, **settings)
+            backend.needs_first_sync = first_sync
+        return backend
 
     @property
     def columns(self) -> list[str]:
@@ -333,21 +354,25 @@ class GRPOTrainer:
 
     # -------------------------------------------------------------------------------------- generation
 
-    def _take_slots(self, prompts: int) -> list[tuple[int, int]]:
+    def _take_slots(self, prompts: int) -> list[tuple[int, int, int]]:
         """This rank's completions of the next `prompts` prompts (over all ranks), as (prompt row, index in
-        its group). Every rank draws the same prompts from the same sampler; the global list of
-        completions, group after group, is cut into equal contiguous shares in rank order, so a group
-        stays on one rank when a rank's share is a multiple of num_generations and straddles ranks
-        otherwise (its statistics then come from the gathered rewards, see `_score`)."""
-        G = self.plan.num_generations
-        slots = [(row, j) for row in self.sampler.take(prompts) for j in range(G)]
+        its group, completion number in the job). Every rank draws the same prompts from the same sampler;
+        the global list of completions, group after group, is cut into equal contiguous shares in rank
+        order, so a group stays on one rank when a rank's share is a multiple of num_generations and
+        straddles ranks otherwise (its statistics then come from the gathered rewards, see `_score`).
+        The completion number (prompts drawn before x G + place) does not depend on the number of ranks."""
+        G, first = self.plan.num_generations, self.sampler.drawn
+        rows = self.sampler.take(prompts)
+        slots = [(row, j, (first + i) * G + j) for i, row in enumerate(rows) for j in range(G)]
         procs = distributed.current()
         return distributed.shard(slots, procs) if procs.active else slots
 
-    def _sample(self, slots: list[tuple[int, int]]) -> Sampled:
-        """Generate the completions `slots` name and reward them (rewards are host-side)."""
+    def _sample(self, slots: list[tuple[int, int, int]]) -> Sampled:
+        """Generate the completions `slots` name and reward them (rewards are host-side). A seeded sampler
+        gets one seed per completion from the job's seed and the completion's number, so the samples do not
+        depend on how many processes share the generation."""
         runs: list[list[int]] = []  # [prompt row, completions] of consecutive slots of one prompt
-        for row, _ in slots:
+        for row, _, _ in slots:
             if runs and runs[-1][0] == row:
                 runs[-1][1] += 1
             else:
@@ -355,14 +380,15 @@ class GRPOTrainer:
         if len({n for _, n in runs}) == 1:  # the same count for every prompt: one call samples them all
             prompt_rows, n = [row for row, _ in runs], runs[0][1]
         else:  # a group cut at the share's edge: one completion per (repeated) prompt
-            prompt_rows, n = [row for row, _ in slots], 1
+            prompt_rows, n = [row for row, _, _ in slots], 1
         prompt_ids = [self.encoder.row(i, self.rows[i]["prompt"]) for i in prompt_rows]
         vision = None if self.vision is None else self.vision.encoder.vision_for(prompt_rows)
         if self.weights_changed:
-            self.backend.sync_weights(self.model, version=self.ctx.step)
-            self.weights_changed = False
+            self._sync_weights()
+        extra: dict[str, Any] = {} if vision is None else {"vision": vision}
+        if self.backend.seeded:  # slots are prompt by prompt, as the completions of the call
+            extra["seeds"] = [_completion_seed(self.ctx.seed, number) for _, _, number in slots]
         with self.ctx.timer("generation"), self.ctx.autocast(), self._generation_weights():
-            extra = {} if vision is None else {"vision": vision}
             out = self.backend.generate(prompt_ids, n, self.sampling, **extra)
         if out.policy_version is None:  # an in-process sampler is the policy itself
             out.policy_version = self.ctx.step
@@ -370,7 +396,7 @@ class GRPOTrainer:
         ids = out.completion_id_lists()
         self.counters.completions_sampled += len(ids)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rows = [row for row, _ in slots]
+        rows = [row for row, _, _ in slots]
         prompts = [self.rows[i]["prompt"] for i in rows]
         columns = {c: [self.rows[i].get(c) for i in rows] for c in self.columns}
         per_func = []
@@ -381,11 +407,29 @@ class GRPOTrainer:
         row_vision = None if vision is None else [v for v in vision for _ in range(n)]
         return Sampled(out, ids, texts, prompts, rewards, out.is_truncated.tolist(), row_vision)
 
+    def _sync_weights(self) -> None:
+        """Give the sampler the policy's current weights; every rank takes part. With several processes the
+        main one sends them (ZeRO-3 gathers the full weights collectively first) while the others wait at
+        a barrier, so every rank's next generation has the same policy version."""
+        self.weights_changed = False
+        if not self.cfg.use_vllm:
+            self.backend.sync_weights(self.model, version=self.ctx.step)  # the sampler is the policy
+            return
+        zero = self.stepper.zero if self.stepper is not None else None
+        with self.ctx.timer("weight_sync"), zero.gathered() if zero is not None else contextlib.nullcontext():
+            if not distributed.current().is_main:
+                merge_round_trip(self.model)
+            self.backend.sync_weights(self.model, version=self.ctx.step)
+        distributed.barrier()
+
     def _generation_weights(self) -> contextlib.AbstractContextManager[Any]:
         """Generation runs a different number of forwards on each rank, which ZeRO-3's partitioned
-        parameters (gathered collectively per forward) cannot: it runs on the gathered full weights."""
+        parameters (gathered collectively per forward) cannot: it runs on the gathered full weights.
+        vLLM samples with its own copy of the weights."""
         zero = self.stepper.zero if self.stepper is not None else None
-        return zero.for_generation() if zero is not None else contextlib.nullcontext()
+        if zero is None or self.cfg.use_vllm:
+            return contextlib.nullcontext()
+        return zero.for_generation()
 
     def generate(self) -> ScoredRollout:
         """One scored generation batch, DAPO dynamic sampling and GFPO filtering included."""
@@ -859,6 +903,11 @@ def _eos_ids(tokenizer: Any) -> tuple[int, ...]:
             "the tokenizer has no EOS token (eos_token or <|im_end|>); generation could never stop"
         )
     return tuple(ids)
+
+
+def _completion_seed(job_seed: int, number: int) -> int:
+    """The sampling seed of the job's `number`-th completion: distinct per completion and per job seed."""
+    return (job_seed * 2**32 + number) % 2**63
 
 
 def _group_rows(groups: list[int], G: int) -> list[int]:

@@ -4,7 +4,8 @@
     with timer("generation"): ...
     timer.flush(metrics)        # adds every phase's seconds since the last flush as `time/<phase>`
 
-Phases: generation, old_logps, reference, forward (policy forward and loss), backward, optimizer. A phase
+Phases: weight_sync (sending the policy to a vLLM sampler), generation, old_logps, reference, forward
+(policy forward and loss), backward, optimizer. A phase
 timed inside another is charged to itself only (a reference forward inside a loss step is not "forward"
 time). On a GPU
 (once CUDA is in use) the timer synchronises the device at phase boundaries so that a phase is charged for its own kernels

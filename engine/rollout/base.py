@@ -61,6 +61,7 @@ class RolloutBackend(ABC):
 
     name: str
     needs_first_sync = False  # True when the sampler may hold other weights than the policy at start
+    seeded = False  # True when `generate` takes `seeds`, one per completion, that alone fix its samples
 
     @abstractmethod
     def generate(

@@ -40,6 +40,11 @@ class PromptSampler:
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
 
+    @property
+    def drawn(self) -> int:
+        """How many prompts were taken so far over all epochs (restored with the position)."""
+        return self.epoch * self.num_rows + self.index
+
     def restore(self, position: dict[str, int]) -> None:
         self.epoch, self.index = int(position["epoch"]), int(position["index"])
         self._order = self._plan(self.epoch)

@@ -124,6 +124,14 @@ def merged_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]
     return list(_clean_names(model.named_parameters()))
 
 
+def merge_round_trip(model: torch.nn.Module) -> None:
+    """Merge and unmerge a LoRA model's adapters as `merged_state_items` does, without the copy: a process
+    that does not send weights rounds its frozen base weights the same way as the one that does."""
+    if hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter"):
+        model.merge_adapter()
+        model.unmerge_adapter()
+
+
 def _clean_names(named: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
     for name, param in named:
         if "lora_" in name or ".original_module." in name:

@@ -6,9 +6,11 @@
 Routes (JSON in and out unless noted):
   GET  /health         -> {"status": "ok", "version": V, "model": DIR}
   POST /generate       {"prompts": [[ids]], "n", "max_tokens", "temperature", "top_p", "top_k", "min_p",
-                        "repetition_penalty", "stop_token_ids"} -> {"outputs": [[{"token_ids", "logprobs",
-                        "finish_reason"}] x n] per prompt, "version": V}; `logprobs` are the sampling
-                        distribution's log-probs of the sampled tokens (after temperature and penalties).
+                        "repetition_penalty", "stop_token_ids", "seeds"?} -> {"outputs": [[{"token_ids",
+                        "logprobs", "finish_reason"}] x n] per prompt, "version": V}; `logprobs` are the
+                        sampling distribution's log-probs of the sampled tokens (after temperature and
+                        penalties); `seeds` (one per prompt) makes each prompt's samples depend on its seed
+                        only, not on the other requests or the engine's random state.
   POST /score          {"prompt_ids": [ids], "completion_ids": [ids]} -> {"logprobs": [...]}: the model's
                         log-probs of a fixed completion (temperature 1), to compare against the trainer's.
   POST /load_weights   body: safetensors bytes (the full state dict, model's own names); query `?version=V`
@@ -65,19 +67,14 @@ class Engine:
         self.lock = threading.Lock()
 
     def generate(self, req: dict[str, Any]) -> dict[str, Any]:
-        params = self.SamplingParams(
-            n=int(req.get("n", 1)),
-            max_tokens=int(req["max_tokens"]),
-            temperature=float(req.get("temperature", 1.0)),
-            top_p=float(req.get("top_p", 1.0)),
-            top_k=int(req.get("top_k") or -1),
-            min_p=float(req.get("min_p") or 0.0),
-            repetition_penalty=float(req.get("repetition_penalty", 1.0)),
-            stop_token_ids=[int(t) for t in req.get("stop_token_ids", [])],
-            logprobs=0,  # the sampled token's log-prob only
-            detokenize=False,
-        )
+        seeds = req.get("seeds")
+        if seeds is not None and len(seeds) != len(req["prompts"]):
+            raise ValueError(f"{len(seeds)} seeds for {len(req['prompts'])} prompts: give one per prompt")
         prompts = [{"prompt_token_ids": [int(t) for t in ids]} for ids in req["prompts"]]
+        if seeds is None:
+            params: Any = self._params(req, None)
+        else:
+            params = [self._params(req, int(seed)) for seed in seeds]
         with self.lock:
             results = self.llm.generate(prompts, params, use_tqdm=False)
             version = self.version
@@ -90,6 +87,21 @@ class Engine:
                 group.append({"token_ids": tokens, "logprobs": lps, "finish_reason": comp.finish_reason})
             outputs.append(group)
         return {"outputs": outputs, "version": version}
+
+    def _params(self, req: dict[str, Any], seed: int | None) -> Any:
+        return self.SamplingParams(
+            n=int(req.get("n", 1)),
+            max_tokens=int(req["max_tokens"]),
+            temperature=float(req.get("temperature", 1.0)),
+            top_p=float(req.get("top_p", 1.0)),
+            top_k=int(req.get("top_k") or -1),
+            min_p=float(req.get("min_p") or 0.0),
+            repetition_penalty=float(req.get("repetition_penalty", 1.0)),
+            stop_token_ids=[int(t) for t in req.get("stop_token_ids", [])],
+            logprobs=0,  # the sampled token's log-prob only
+            detokenize=False,
+            seed=seed,
+        )
 
     def score(self, req: dict[str, Any]) -> dict[str, Any]:
         prompt = [int(t) for t in req["prompt_ids"]]

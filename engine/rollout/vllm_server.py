@@ -9,6 +9,13 @@ Weights: the engine starts from a model folder in Hugging Face format. `sync_wei
 full state dict (LoRA adapters merged into a copy of the weights, names of the base model) as safetensors
 bytes; the server loads them in place and answers with the new policy version. Every `RolloutOutput` carries
 the version its completions were sampled with, and the vLLM sampling log-prob of every generated token.
+
+Seeds: `generate` takes one seed per completion and asks for each completion under its own seed, so a
+completion depends on its seed, prompt and the weights only (not on which process asks, nor beside which
+other requests). Several training processes share one server: the main process starts it (or uses the
+configured `url`) and sends the weights; the other processes are clients (`sends_weights=False`) that
+only sample. Only a server started by a single process is restarted when it dies; with several
+processes the job fails instead (the clients could not tell a restarted server's weights apart).
 """
 
 from __future__ import annotations
@@ -146,6 +153,7 @@ class ServerProcess:
 
 class VLLMServerRollout(RolloutBackend):
     name = "vllm-server"
+    seeded = True
 
     def __init__(
         self,
@@ -156,8 +164,9 @@ class VLLMServerRollout(RolloutBackend):
         seed: int = 0,
         max_model_len: int = 512,
         gpu_memory_utilization: float = 0.3,
+        sends_weights: bool = True,
     ) -> None:
-        self.opts = opts
+        self.opts, self.sends_weights = opts, sends_weights
         self.version = 0
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vllm-rollout-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -219,11 +228,24 @@ class VLLMServerRollout(RolloutBackend):
     # -- the backend -----------------------------------------------------------------------------------
 
     def generate(
-        self, prompt_ids: Sequence[Sequence[int]], num_generations: int, params: SamplingParams
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        num_generations: int,
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
     ) -> RolloutOutput:
-        body = {
-            "prompts": [[int(t) for t in ids] for ids in prompt_ids],
-            "n": num_generations,
+        """`seeds`: one per completion (prompt by prompt, `num_generations` each): each is asked for alone."""
+        prompts = [[int(t) for t in ids] for ids in prompt_ids]
+        body: dict[str, Any] = {"prompts": prompts, "n": num_generations}
+        if seeds is not None:
+            if len(seeds) != len(prompts) * num_generations:
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts x {num_generations}")
+            body = {
+                "prompts": [ids for ids in prompts for _ in range(num_generations)],
+                "n": 1,
+                "seeds": [int(s) for s in seeds],
+            }
+        body |= {
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -258,8 +280,12 @@ class VLLMServerRollout(RolloutBackend):
         return [float(x) for x in self._post("/score", json=body)["logprobs"]]
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None) -> None:
+        """Send the weights (a client only records the version: the main process sends them)."""
         from safetensors.torch import save_file
 
+        if not self.sends_weights:
+            self.version = self.version + 1 if version is None else version
+            return
         items = merged_state_items(model)
         state = {name: t.detach().to("cpu").contiguous() for name, t in items}
         save_file(state, str(self.weights_path))
@@ -284,5 +310,6 @@ class VLLMServerRollout(RolloutBackend):
         if self.process is not None:
             self.process.stop()
             self.process = None
-        with contextlib.suppress(OSError):
-            self.weights_path.unlink()
+        if self.sends_weights:  # a client's work folder is the sender's
+            with contextlib.suppress(OSError):
+                self.weights_path.unlink()

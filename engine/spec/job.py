@@ -533,8 +533,13 @@ def _distributed_unsupported(spec: Any) -> SpecError | None:
                 f"completions per process and generation cut groups of {cfg.num_generations}: make "
                 "per_device_train_batch_size x steps_per_generation a multiple of num_generations",
             )
-        if getattr(cfg, "use_vllm", False):
-            return SpecError("config.use_vllm", "use_vllm runs in one process only for now")
+        if getattr(cfg, "use_vllm", False) and getattr(cfg, "vllm_mode", None) == "colocate":
+            return SpecError(
+                "config.vllm_mode",
+                "vllm_mode 'colocate' runs vLLM inside one training process; with several processes set "
+                "vllm_mode 'server' (one vLLM server that every process samples from) or "
+                "distributed.num_processes 1",
+            )
     return None
 
 

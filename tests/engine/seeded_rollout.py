@@ -21,12 +21,12 @@ from engine.rollout.buffer import Sampled  # noqa: E402
 _sample = grpo.GRPOTrainer._sample
 
 
-def _seeded(self: grpo.GRPOTrainer, slots: list[tuple[int, int]]) -> Sampled:
+def _seeded(self: grpo.GRPOTrainer, slots: list[tuple[int, int, int]]) -> Sampled:
     state = torch.get_rng_state()
     parts = []
-    for row, j in slots:
+    for row, j, number in slots:
         torch.manual_seed(10_000 + 1_000 * row + j)
-        parts.append(_sample(self, [(row, j)]))
+        parts.append(_sample(self, [(row, j, number)]))
     torch.set_rng_state(state)
     return Sampled.concat(parts, self.pad_id)
 

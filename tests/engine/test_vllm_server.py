@@ -1,17 +1,21 @@
 """GRPO with a real vLLM rollout server on the CPU (`make vllm-cpu` builds vLLM's environment).
 
-One server on `tiny:llama-hd32` serves the in-process runs (the long-lived `url` mode); the CLI run starts and
-stops its own. After a weight sync the server's log-probs of a fixed completion must equal the trainer's to
-LOGP_TOL (both float32; what is left is kernel rounding), for full fine-tuning and for LoRA (merged weights).
+One server on `tiny:llama-hd32` serves the in-process runs and the 2-process runs (the long-lived `url`
+mode); the CLI run starts and stops its own. After a weight sync the server's log-probs of a fixed completion
+must equal the trainer's to LOGP_TOL (both float32; what is left is kernel rounding), for full fine-tuning
+and for LoRA (merged weights). Each completion is sampled under its own seed, so 2 processes (gloo, torchrun)
+sample the first generation of 1 process: same tokens, hence the same rollout statistics (rel 1e-6).
 Without vLLM's environment these tests are skipped, except in CI (`PAPERTRAIN_REQUIRE_VLLM=1`), where that
 is a failure.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
@@ -25,7 +29,8 @@ from engine.logprobs import token_logprobs
 from engine.models import build_tiny_model, build_tiny_tokenizer, save_model
 from engine.rollout.vllm_server import ServerOptions, ServerProcess, VLLMServerRollout
 from engine.spec import parse_job_spec
-from tests.engine.conftest import run_subprocess
+from tests.engine.conftest import metrics_by_step, run_subprocess
+from tests.engine.test_distributed import run_procs, two_processes, zero
 from tests.engine.test_grpo import events_of, metrics_of
 
 LOGP_TOL = 1e-4  # per-token log-prob, server vs trainer, after a sync
@@ -148,6 +153,70 @@ def test_grpo_lora_sync(server_url, tmp_path):
     trainer, metrics = train_against(server_url, tmp_path, peft_config=lora)
     check_metrics(metrics)
     check_sync(server_url, trainer.model)
+
+
+ROLLOUT_STATS = (
+    "rollout/reward_mean",
+    "rollout/reward_std",
+    "rollout/frac_reward_zero_std",
+    "rollout/completion_length_mean",
+    "rollout/completion_length_min",
+    "rollout/completion_length_max",
+    "rollout/clipped_ratio",
+)
+
+
+def run_against(url: str, spec: dict, out: Path, nproc: int) -> list[dict]:
+    with mock.patch.dict(os.environ, {"PAPERTRAIN_VLLM_SERVER_URL": url}):
+        code, events, stderr = run_procs(spec, out, nproc, timeout=600)
+    assert code == 0, stderr[-3000:]
+    assert [e["type"] for e in events].count("done") == 1
+    return events
+
+
+def first_samples(events: list[dict]) -> list[dict]:
+    return next(e["samples"] for e in events if e["type"] == "samples" and e["step"] == 1)
+
+
+@pytest.fixture(scope="module")
+def one_process(server_url, tmp_path_factory):
+    """A 3-step job in one process against the module's server: 2 prompts x 4 completions per generation."""
+    spec = grpo_job()
+    spec["config"]["save_steps"] = 2
+    return spec, run_against(server_url, spec, tmp_path_factory.mktemp("one"), 1)
+
+
+@pytest.mark.parametrize("distributed", [{}, zero(3)], ids=["gradient-sum", "zero3"])
+def test_two_processes_sample_from_one_server(server_url, one_process, tmp_path, distributed):
+    if distributed and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("the deepspeed extra is not installed (make deepspeed)")
+    spec, one = one_process
+    # 4 completions per process: rank 0 samples the first group, rank 1 the second; rank 0 sends the weights
+    two = run_against(server_url, two_processes(spec, distributed), tmp_path, 2)
+    a, b = metrics_by_step(one), metrics_by_step(two)
+    check_metrics(list(b.values()))  # synced before every generation: lag 0 on both ranks
+    for key in ROLLOUT_STATS:  # the same completions, and global statistics of both ranks' rows
+        assert b[1][key] == pytest.approx(a[1][key], rel=1e-6, abs=1e-9), key
+    assert a[1]["rollout/reward_std"] > 0 and a[1]["rollout/completion_length_min"] >= 1
+    assert first_samples(two) == first_samples(one)  # rank 0's share: the first group, token for token
+    assert b[1]["train/loss"] == pytest.approx(a[1]["train/loss"], rel=1e-4, abs=1e-6)
+    # the server holds what rank 0 sent last: the weights after step 2 (ZeRO-3: gathered), version 2
+    assert httpx.get(f"{server_url}/health").json()["version"] == 2
+    check_served_weights(server_url, tmp_path / "checkpoints" / "checkpoint-2")
+
+
+def check_served_weights(url: str, checkpoint: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32)
+    prompt, completion = fixed_completion()
+    want = trainer_logps(model, prompt, completion)
+    client = VLLMServerRollout("", ServerOptions(url=url))
+    try:
+        got = client.score(prompt, completion)
+    finally:
+        client.close()
+    assert max(abs(x - y) for x, y in zip(got, want, strict=True)) < LOGP_TOL, (got, want)
 
 
 def test_engine_starts_and_stops_its_own_server(tmp_path):

@@ -203,7 +203,7 @@ def _distributed(algorithm: str, dataset: str, distributed: dict, **config) -> o
     return parse_job_spec(
         {
             "algorithm": algorithm,
-            "model": "tiny:llama",
+            "model": "tiny:llama-hd32" if config.get("use_vllm") else "tiny:llama",  # vLLM: wide heads
             "dataset": {"builtin": dataset},
             "config": config,
             "distributed": distributed,
@@ -241,13 +241,6 @@ DS = {"distributed_type": "DEEPSPEED", "num_processes": 2}
         ),
         ("dpo", "preferences", DS, {"sync_ref_model": True}, "config.sync_ref_model"),
         ("sft", "chat", DS, {"bema": {}}, "config.bema"),
-        (
-            "grpo",
-            "arithmetic",
-            {"num_processes": 2},
-            {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
-            "config.use_vllm",
-        ),
         (
             "grpo",
             "arithmetic",
@@ -308,6 +301,19 @@ def test_every_multi_process_refusal_names_its_field(algorithm, dataset, distrib
             {"teacher_model_name_or_path": "tiny:llama"},
         ),
         ("grpo", "arithmetic", {"num_processes": 2}, {"num_generations": 4, "dynamic_sampling": True}),
+        # one vLLM server that every process samples from
+        (
+            "grpo",
+            "arithmetic",
+            {**DS, "deepspeed_config": {"zero_stage": 3}},
+            {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
+        ),
+        (
+            "rloo",
+            "arithmetic",
+            {"num_processes": 2},
+            {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
+        ),
         (
             "gfpo",
             "arithmetic",
@@ -340,6 +346,22 @@ def test_multi_process_jobs_that_train(algorithm, dataset, distributed, config):
     from engine.spec import unsupported
 
     assert unsupported(_distributed(algorithm, dataset, distributed, **config)) is None
+
+
+def test_colocated_vllm_is_refused_with_several_processes():
+    from engine.spec import unsupported
+
+    spec = {
+        "algorithm": "grpo",
+        "model": "tiny:llama-hd32",
+        "dataset": {"builtin": "arithmetic"},
+        "config": {"num_generations": 4, "use_vllm": True, "vllm_mode": "colocate"},
+        "hardware": {"accelerator": "gpu", "gpus": 2},
+    }
+    assert unsupported(parse_job_spec(spec)) is None  # one process: the engine lives in the trainer
+    problem = unsupported(parse_job_spec({**spec, "distributed": {"num_processes": 2}}))
+    assert problem is not None and problem.field == "config.vllm_mode", problem
+    assert "vllm_mode 'server'" in str(problem) and "distributed.num_processes 1" in str(problem)
 
 
 def test_groups_must_fit_the_generation_of_all_processes():
