@@ -37,6 +37,9 @@ advantages of its own rows, and logs exact global rollout metrics. The step's co
 and entropy thresholds are taken over every rank's tokens (`engine.distributed`). The GFPO filter needs
 whole groups on each rank, which `engine.spec.unsupported` checks. Dynamic sampling gathers each round's
 completions on every rank, so all ranks choose the same groups; each keeps its share of the batch.
+With `use_vllm` (server mode) one vLLM server serves every rank: rank 0 starts it and sends the weights
+after each optimizer step while the others wait (`_sync_weights`), and every completion is sampled under
+a seed of its own (`_completion_seed`), so the samples do not depend on the number of processes.
 
 Checkpoints store the prompt sampler's position after the last generation and the RNG states; a resumed
 job starts with a fresh generation, so rows of a generation that was only partly trained on (SPG > GA or
