@@ -312,6 +312,21 @@ def test_a_refused_upload_shows_the_line_and_the_fix_and_an_empty_list_says_how_
     assert "fix line 2" in error.inner_text() and page.locator("#f-upload").is_visible()
 
 
+def test_a_failed_run_says_what_went_wrong_and_what_to_do(page, platform, login) -> None:
+    rows = b'{"prompt": "2+2?"}\n{"prompt": "3+3?"}\n'  # prompts only: nothing SFT can train on
+    upload = platform.call("alice", "POST", "/v1/files", files={"file": ("prompts.jsonl", rows)}).json()
+    body = {**SFT, "dataset": {"file_id": upload["id"]}, "config": {"max_steps": 1}}
+    job_id = platform.call("alice", "POST", "/v1/jobs", json=body).json()["id"]
+    job = platform.wait_status("alice", job_id, {"succeeded", "failed"}, 240)
+    assert job["status"] == "failed" and job["error"]["remediation"], job
+    login(page, "alice")
+    page.goto(f"/#/runs/{job_id}")
+    error = page.locator(".job-error")
+    error.wait_for()
+    assert job["error"]["code"] in error.inner_text()
+    assert error.locator(".remediation").inner_text() == f"What to do: {job['error']['remediation']}"
+
+
 def test_samples_of_image_prompts_show_their_thumbnails(page, platform, login) -> None:
     body = {
         "algorithm": "grpo",

@@ -84,8 +84,8 @@ export async function render(root, params) {
       ...statusEvents.map((ev) => h("li", { class: `status-${ev.data.to}` },
         h("span", { class: "badge-dot" }), h("strong", { text: ev.data.to }), " ",
         h("time", { datetime: ev.created_at, text: parseTime(ev.created_at).toLocaleTimeString() }))));
-    const fact = (label, value) => (value === null || value === undefined || value === "" ? null :
-      h("div", {}, h("dt", { text: label }), h("dd", {}, value)));
+    const fact = (label, value, wide = false) => (value === null || value === undefined || value === "" ? null :
+      h("div", { class: wide ? "wide" : null }, h("dt", { text: label }), h("dd", {}, value)));
     header.replaceChildren(...[
       h("div", { class: "bar" },
         h("h1", { id: "run-title", text: job.name || job.id }), statusBadge(job.status),
@@ -96,7 +96,9 @@ export async function render(root, params) {
           ? h("button", { type: "button", id: "retry", text: "Retry", onclick: () => act("retry") }) : null,
         h("a", { class: "button", id: "clone", href: `#/launch?clone=${job.id}`, text: "Clone to form" })),
       timeline,
-      job.error ? h("p", { class: "error", role: "alert", text: `${job.error.code || "error"}: ${job.error.message || ""}` }) : null,
+      job.error ? h("div", { class: "job-error", role: "alert" },
+        h("p", { class: "error", text: `${job.error.code || "error"}: ${job.error.message || ""}` }),
+        job.error.remediation ? h("p", { class: "remediation", text: `What to do: ${job.error.remediation}` }) : null) : null,
       h("dl", { class: "facts" },
         fact("Run id", job.id),
         fact("Algorithm", job.algorithm),
@@ -111,7 +113,7 @@ export async function render(root, params) {
         fact("Queue", job.queue),
         fact("MLflow run", job.mlflow_run_url
           ? h("a", { id: "mlflow-link", href: job.mlflow_run_url, target: "_blank", rel: "noopener", text: job.mlflow_run_id })
-          : job.mlflow_run_id))].filter(Boolean));
+          : job.mlflow_run_id, true))].filter(Boolean));  // wide: a 32-character id on one line
   }
 
   function renderEvents() {
