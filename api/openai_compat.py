@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
-from api.errors import ApiError
+from api.errors import ApiError, describe_errors
 from api.services import files as file_service
 from api.services import jobs as job_service
 from api.services import openai_jobs as service
@@ -53,9 +53,9 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in list(err.get("loc", ()))[1:]) or None
-        return _json(OpenAIError(400, f"{param}: {err.get('msg', 'invalid request')}", param=param))
+        # loc starts with where the value came from ("body", "query"); described as the main API does
+        first = (describe_errors(exc.errors(), strip=1) or [{"param": None, "message": "invalid request"}])[0]
+        return _json(OpenAIError(400, first["message"], param=first["param"]))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:

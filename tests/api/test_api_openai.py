@@ -176,3 +176,14 @@ def test_unknown_file_job_and_bad_token_are_openai_errors(oai, client) -> None:
     )
     with pytest.raises(openai.AuthenticationError):
         bad.fine_tuning.jobs.list()
+
+
+def test_a_body_that_is_not_json_is_an_openai_error_naming_the_body(client, alice) -> None:
+    res = client.post(
+        "/openai/v1/fine_tuning/jobs",
+        headers={**alice, "Content-Type": "application/json"},
+        content=b'{"model": ',
+    )
+    error = res.json()["error"]
+    assert res.status_code == 400 and error["param"] == "body" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("body: the request body is not valid JSON (")
