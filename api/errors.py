@@ -161,6 +161,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         category: Category = "user" if exc.status_code < 500 else "platform"
         info = ErrorInfo(code=code, message=str(exc.detail), category=category)
+        if exc.status_code in (404, 405):  # no such route, or not with this method
+            info.remediation = "the API's paths and their methods are listed at /docs (and /openapi.json)"
         return error_response(exc.status_code, info, getattr(exc, "headers", None))
 
     @app.exception_handler(OperationalError)

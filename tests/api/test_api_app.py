@@ -54,9 +54,12 @@ def test_dashboard_is_served(client) -> None:
     assert "https://" not in page.text  # no CDN
 
 
-def test_unknown_route_is_a_typed_404(client) -> None:
+def test_unknown_route_is_a_typed_404(client, alice) -> None:
     res = client.get("/v1/nothing-here")
     assert res.status_code == 404 and res.json()["error"]["code"] == "not_found"
+    assert "/docs" in res.json()["error"]["remediation"]
+    res = client.post("/v1/jobs/job_000000000000:cancel", headers=alice)  # cancel is POST .../cancel
+    assert res.status_code == 405 and "/docs" in res.json()["error"]["remediation"]
 
 
 def test_operation_ids_are_stable(app) -> None:
