@@ -215,6 +215,9 @@ def test_run_page_links_mlflow_and_draws_a_flat_curve_around_its_value(
     link = page.locator("#mlflow-link")
     assert link.get_attribute("href") == f"{platform.mlflow_ui_url}/#/runs/{job['mlflow_run_id']}"
     assert link.inner_text() == job["mlflow_run_id"]
+    page.wait_for_selector("#events li .msg")
+    starts = {round(m.bounding_box()["x"]) for m in page.locator("#events li .msg").all()}
+    assert len(starts) == 1, starts  # every message starts in the same column, with or without a step
     with page.expect_download() as download:  # the final model, below the checkpoints
         page.click("#checkpoints .download[data-step='final']")
     assert download.value.suggested_filename == f"{job_id}-final.zip"

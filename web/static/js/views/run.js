@@ -123,7 +123,7 @@ export async function render(root, params) {
     eventList.replaceChildren(...shown.map((ev) => h("li", { class: `level-${levelOf(ev)}` },
       h("time", { datetime: ev.created_at, text: parseTime(ev.created_at).toLocaleTimeString() }),
       h("span", { class: "kind", text: ev.kind === "log" ? levelOf(ev) : ev.kind }),
-      ev.step != null ? h("span", { class: "muted", text: `@${ev.step}` }) : null,
+      h("span", { class: "muted step", text: ev.step != null ? `@${ev.step}` : "" }),  // kept empty: columns align
       h("span", { class: "msg", text: describe(ev) }))));
     if (!shown.length) eventList.append(h("li", { class: "muted", text: "No events at this level." }));
   }
