@@ -295,6 +295,12 @@ def test_upload_a_dataset_from_the_launch_form(page, platform, login, tmp_path) 
     page.wait_for_selector("#resolved-spec")
     dataset = json.loads(page.locator("#resolved-spec").inner_text())["dataset"]
     assert dataset["path"].endswith(f"{uploaded['id']}.jsonl") and dataset.get("builtin") is None
+    # 5 rows in batches of 8 (the default) for one epoch: one step of 8 sequences of up to 1024 tokens
+    assert (
+        page.locator("#estimate")
+        .inner_text()
+        .startswith("Size: 1 step of 8 sequences, at most 8,192 tokens (")
+    )
 
 
 def test_a_refused_upload_shows_the_line_and_the_fix_and_an_empty_list_says_how_to_start(

@@ -275,6 +275,7 @@ export async function render(root, params) {
     review.hidden = false;
     review.replaceChildren(h("h2", { text: result ? "Dry run: the spec the run will get" : "Request preview" }),
       ...warnings.map((w) => h("p", { class: "warn", text: `${w.param ? `${w.param}: ` : ""}${w.message}` })),
+      result && result.estimate ? h("p", { id: "estimate", text: sizeText(result.estimate) }) : null,
       h("h3", { text: "Difference from the preset" }), diffTable(body, result),
       h("details", { open: true }, h("summary", { text: result ? "Resolved spec" : "Request body" }),
         h("pre", { class: "json", id: "resolved-spec", text: JSON.stringify(result ? result.spec : body, null, 2) })));
@@ -311,4 +312,12 @@ export async function render(root, params) {
   });
 
   await build(initial);
+}
+
+// The run's size from the dry run's estimate, e.g. "Size: 125 steps of 8 sequences, at most 1,024,000 tokens".
+function sizeText(est) {
+  const steps = est.steps != null ? `${est.steps.toLocaleString("en-US")} step${est.steps === 1 ? "" : "s"}`
+    : "an unknown number of steps";
+  const tokens = est.max_tokens ? `, at most ${est.max_tokens.toLocaleString("en-US")} tokens` : "";
+  return `Size: ${steps} of ${est.sequences_per_step} sequences${tokens} (${est.basis})`;
 }
