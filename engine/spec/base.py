@@ -211,6 +211,11 @@ class LoraSpec(StrictModel):
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
+    task_type: Literal["CAUSAL_LM", "SEQ_CLS"] | None = Field(
+        None,
+        description="accepted so a LoraConfig pastes in; papertrain sets it from the algorithm "
+        "(SEQ_CLS for reward models, CAUSAL_LM otherwise)",
+    )
 
 
 class DeepSpeedConfig(StrictModel):

@@ -99,6 +99,13 @@ class _JobBase(StrictModel):
                 "distributed.num_processes",
                 f"distributed.num_processes={self.distributed.num_processes} exceeds hardware.gpus={self.hardware.gpus}",
             )
+        task = "SEQ_CLS" if algorithm == "reward" else "CAUSAL_LM"  # what the trainer builds
+        if self.peft_config is not None and self.peft_config.task_type not in (None, task):
+            raise SpecError(
+                "peft_config.task_type",
+                f"peft_config.task_type {self.peft_config.task_type!r} does not fit algorithm {algorithm!r}, "
+                f"which trains a {task} model; drop task_type or set {task!r}",
+            )
         if cfg is not None:
             check_precision(self)
         return self

@@ -35,6 +35,17 @@ def test_minimal_job_resolves_every_default():
     assert resolved["hardware"] == {"accelerator": "cpu", "gpus": 0}
 
 
+def test_a_pasted_lora_config_keeps_its_task_type_when_it_fits_the_algorithm():
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
+    assert (
+        parse_job_spec({**CHAT, "algorithm": "sft", "peft_config": lora}).peft_config.task_type == "CAUSAL_LM"
+    )
+    reward = {**PREF, "algorithm": "reward", "peft_config": {**lora, "task_type": "SEQ_CLS"}}
+    assert parse_job_spec(reward).peft_config.task_type == "SEQ_CLS"
+    loc, msg, field = error_of({**CHAT, "algorithm": "sft", "peft_config": {**lora, "task_type": "SEQ_CLS"}})
+    assert field == "peft_config.task_type" and "CAUSAL_LM" in msg
+
+
 def test_resolved_config_round_trips():
     spec = parse_job_spec(grpo(loss_type="grpo", beta=0.04, scale_rewards=True))
     again = parse_job_spec(resolve(spec))
