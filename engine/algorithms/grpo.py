@@ -28,6 +28,15 @@ forward per micro-batch gives the step's threshold and kept-token count (`_entro
 Training micro-steps never sync with the host; metrics are transferred once per logged optimizer step (plus
 one value per step for adaptive entropy).
 
+Shared prompts. The G completions of a prompt carry the same prompt tokens: the log-prob forwards (policy,
+old, reference) run each distinct prompt of a micro-batch once and its completions on the prompt's KV cache
+(`engine.prefix`), and an optimizer step is cut so that the rows of one prompt stay together. Same results
+as the padded forward (up to float rounding). The padded forward runs instead, said once in the events,
+for image prompts (pixel inputs per row), ZeRO-3 (ranks must run the same forwards in lockstep), activation
+checkpointing (no KV cache) and models whose attention is not full attention; and, silently, for a
+micro-batch where no two rows share a prompt. `Counters.decoder_tokens` (and the metric
+`train/decoder_tokens`, per optimizer step) count the token positions the decoder ran.
+
 Several processes: every rank draws the prompts of all ranks from the same sampler; the generation's
 completions (group after group) are cut into equal contiguous shares in rank order and each rank samples
 its share, so a group straddles ranks when a share is not a multiple of G (the Dr. GRPO recipe: one
@@ -89,9 +98,10 @@ from engine.models import (
 )
 from engine.multimodal.job import vision_setup
 from engine.multimodal.thumbnails import sample_images
+from engine.prefix import decoder_tokens, shared_prompt_stats, unsupported
 from engine.rewards import RewardContext, build_reward_funcs
 from engine.rollout import SamplingParams, make_backend
-from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length
+from engine.rollout.buffer import MicroBatch, Sampled, ScoredRollout, split_by_length, split_by_prompt
 from engine.rollout.prompts import PromptEncoder, PromptSampler, display_prompt
 from engine.rollout.vllm import merge_round_trip
 from engine.rollout.vllm_server import ServerOptions
@@ -155,6 +165,8 @@ class Counters:
     completions_sampled: int = 0  # completions in the generation batches (dynamic sampling's spares too)
     completions_scored: int = 0  # completions given an advantage (after the GFPO filter)
     stale_slices_dropped: int = 0  # slices refused because their policy lag exceeded max_policy_lag
+    shared_prompt_forwards: int = 0  # log-prob forwards that ran each distinct prompt once
+    decoder_tokens: int = 0  # token positions run through the decoder by log-prob forwards
 
 
 Advantages = Callable[[torch.Tensor, int, ScoredRollout], tuple[torch.Tensor, dict[str, float]]]
@@ -295,6 +307,7 @@ class GRPOTrainer:
         self._step_entropy: Any = 0.0
         self.last_rollout: ScoredRollout | None = None
         self.stepper: OptimizerStep | None = None
+        self._sharing_said = False
         rank = distributed.current().rank
         if rank:  # the weights are loaded alike everywhere; sampling must differ between ranks
             seed_everything(ctx.seed + rank)
@@ -549,6 +562,8 @@ class GRPOTrainer:
             policy_version=self.ctx.step if out.policy_version is None else out.policy_version,
             vision=part.vision,
         )
+        if self._share_prompts():
+            rollout.prompt_keys = _prompt_keys(out.prompt_ids, rollout.prompt_lengths)
         self._fill_logps(rollout)
         if rollout.old_logps is not None and rollout.sampling_logps is not None:
             lc = self.loss_cfg
@@ -602,11 +617,36 @@ class GRPOTrainer:
             m[f"rollout/rewards/{func.name}_mean"] = float(nanmean(rewards[:, k]))
         return m
 
+    def _share_prompts(self) -> bool:
+        """Whether the log-prob forwards may run each distinct prompt once; why not is said once."""
+        zero = self.stepper.zero if self.stepper is not None else None
+        models = [self.model] + ([self.reference.model] if self.reference is not None else [])
+        reasons = [
+            "image prompts carry pixel inputs per row" if self.vision is not None else None,
+            "ZeRO-3 needs every rank to run the same forwards"
+            if zero is not None and zero.stage == 3
+            else None,
+            *(unsupported(m) for m in models),
+        ]
+        reason = next((r for r in reasons if r is not None), None)
+        if reason is not None and not self._sharing_said:
+            self._sharing_said = True
+            self.ctx.events.log(
+                f"log-prob forwards run every row's prompt (no shared-prompt forward): {reason}"
+            )
+        return reason is None
+
+    def _split(self, rollout: ScoredRollout, rows: list[int], parts: int) -> list[list[int]]:
+        """`rows` of `rollout` in `parts` micro-batches of similar length, groups kept together when
+        prompts are shared."""
+        lengths = [rollout.total_length(r) for r in range(len(rollout))]
+        if rollout.prompt_keys is None:
+            return split_by_length(rows, lengths, parts)
+        return split_by_prompt(rows, rollout.prompt_keys, lengths, parts)
+
     def _chunks(self, rollout: ScoredRollout) -> Iterator[list[int]]:
         rows = list(range(len(rollout)))
-        lengths = [rollout.total_length(r) for r in rows]
-        parts = math.ceil(len(rows) / self.plan.batch_size)
-        yield from split_by_length(rows, lengths, parts)
+        yield from self._split(rollout, rows, math.ceil(len(rows) / self.plan.batch_size))
 
     def _fill_logps(self, rollout: ScoredRollout) -> None:
         """Old and reference log-probs for every row, in inference mode, when they are needed."""
@@ -641,6 +681,23 @@ class GRPOTrainer:
     def _logps(
         self, model: Any, mb: MicroBatch, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shared = mb.shared if mb.vision is None else None
+        width, keep = mb.input_ids.shape[1], mb.logits_to_keep
+        prompts = None if shared is None else shared.num_prompts
+        self.counters.decoder_tokens += decoder_tokens(mb.num_rows, width, keep, prompts)
+        if shared is not None:
+            self.counters.shared_prompt_forwards += 1
+            out = shared_prompt_stats(
+                model,
+                mb.input_ids,
+                mb.attention_mask,
+                keep,
+                shared,
+                temperature=self.cfg.temperature,
+                with_entropy=with_entropy,
+                mask=mb.loss_mask,
+            )
+            return out["logps"], out.get("entropies")
         return token_logprobs(
             model,
             mb.input_ids,
@@ -684,8 +741,7 @@ class GRPOTrainer:
         for rollout, rows, n_slices in by_rollout.values():
             tokens += sum(rollout.loss_tokens[r] for r in rows)
             sequences += len(rows)
-            lengths = [rollout.total_length(r) for r in range(len(rollout))]
-            micro.extend((rollout, part) for part in split_by_length(rows, lengths, n_slices) if part)
+            micro.extend((rollout, part) for part in self._split(rollout, rows, n_slices) if part)
         rollouts = [r for r, _, _ in by_rollout.values()]
         counts = distributed.all_reduce_counts(GlobalCounts(num_tokens=tokens, num_sequences=sequences))
         counts = self._entropy_step_counts(micro, counts)
@@ -795,6 +851,7 @@ class GRPOTrainer:
         self.model.train()
         masked_steps, steps_run = 0, 0
         while not stepper.done:
+            tokens_before = self.counters.decoder_tokens
             micro, counts, rollouts = self.step_micro_batches()
             steps_run += 1
             if counts.num_tokens == 0:  # no token left in the loss: loss and gradient are 0
@@ -809,6 +866,7 @@ class GRPOTrainer:
                 metrics.add_sum("train/loss", loss.detach())
             stepper.step(metrics)
             self.weights_changed = True
+            metrics.add_mean("train/decoder_tokens", float(self.counters.decoder_tokens - tokens_before), 1.0)
             for rollout in rollouts:
                 for name, value in rollout.metrics.items():
                     metrics.add_mean(name, value, 1.0)
@@ -839,7 +897,8 @@ class GRPOTrainer:
             f"{self.spec.algorithm} counters: generations={c.generations} policy_forwards={c.policy_forwards} "
             f"old_logp_forwards={c.old_logp_forwards} ref_logp_forwards={c.ref_logp_forwards} "
             f"completions_sampled={c.completions_sampled} completions_scored={c.completions_scored} "
-            f"stale_slices_dropped={c.stale_slices_dropped}"
+            f"stale_slices_dropped={c.stale_slices_dropped} shared_prompt_forwards={c.shared_prompt_forwards} "
+            f"decoder_tokens={c.decoder_tokens}"
         )
         return stepper.save_final()
 
@@ -911,6 +970,15 @@ def _eos_ids(tokenizer: Any) -> tuple[int, ...]:
 def _completion_seed(job_seed: int, number: int) -> int:
     """The sampling seed of the job's `number`-th completion: distinct per completion and per job seed."""
     return (job_seed * 2**32 + number) % 2**63
+
+
+def _prompt_keys(prompt_ids: torch.Tensor, lengths: list[int]) -> list[int]:
+    """One key per row, equal for rows with equal prompt tokens (one host transfer per generation)."""
+    keys: dict[tuple[int, ...], int] = {}
+    rows = prompt_ids.tolist()
+    return [
+        keys.setdefault(tuple(ids[len(ids) - n :]), len(keys)) for ids, n in zip(rows, lengths, strict=True)
+    ]
 
 
 def _group_rows(groups: list[int], G: int) -> list[int]:

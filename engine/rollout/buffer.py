@@ -6,6 +6,10 @@ reference / sampling log-probs) and trains on row subsets of it. Row lengths are
 a micro-batch and trimming it to its longest prompt and completion needs no device->host sync. Rows are
 grouped by prompt (`num_generations` consecutive rows) until the loop shuffles them into slices.
 
+Rows with the same prompt: `prompt_keys` (one key per row, equal keys for equal prompt tokens) makes each
+micro-batch say which of its rows share a prompt (`MicroBatch.shared`), so the log-prob forward can run
+each distinct prompt once (`engine.prefix`); `split_by_prompt` cuts a step so that groups stay together.
+
 Image prompts: `vision` holds each row's pixel inputs (a dict of tensors, shared by the G rows of a prompt,
 or None for a row without images); a micro-batch concatenates those of its rows.
 """
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from engine.prefix import SharedPrompts
 from engine.rollout.base import RolloutOutput
 
 
@@ -33,6 +38,7 @@ class MicroBatch:
     ref_logps: Tensor | None = None  # (b, C)
     sampling_logps: Tensor | None = None  # (b, C)
     vision: dict[str, Tensor] | None = None  # pixel inputs of the rows' images, in row order
+    shared: SharedPrompts | None = None  # rows that share a prompt (None: every prompt is distinct)
 
     @property
     def num_rows(self) -> int:
@@ -55,6 +61,7 @@ class ScoredRollout:
     ref_logps: Tensor | None = None  # (N, C)
     policy_version: int = 0  # the optimizer step whose weights sampled these rows
     vision: list[dict[str, Tensor] | None] | None = None  # per row: pixel inputs of its prompt's images
+    prompt_keys: list[int] | None = None  # per row: equal for equal prompt tokens (None: do not share)
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -76,6 +83,8 @@ class ScoredRollout:
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.index_select(0, index)[:, :c_width]
 
+        shared = None if self.prompt_keys is None else SharedPrompts.of([self.prompt_keys[i] for i in rows])
+
         return MicroBatch(
             input_ids=torch.cat([p_ids, c_ids], dim=1),
             attention_mask=torch.cat([p_mask, c_mask], dim=1),
@@ -88,6 +97,7 @@ class ScoredRollout:
             vision=None
             if self.vision is None
             else _vision([self.vision[i] for i in rows], self.prompt_ids.device),
+            shared=None if shared is None else shared.to(self.prompt_ids.device),
         )
 
     def total_length(self, row: int) -> int:
@@ -97,7 +107,10 @@ class ScoredRollout:
 def split_by_length(rows: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
     """`rows` sorted by `lengths[row]` and cut into `parts` contiguous, nearly equal chunks (none empty
     unless there are fewer rows than parts). Similar lengths together keep padding small."""
-    ordered = sorted(rows, key=lambda r: lengths[r])
+    return _cut(sorted(rows, key=lambda r: lengths[r]), parts)
+
+
+def _cut(ordered: list[int], parts: int) -> list[list[int]]:
     parts = max(1, min(parts, len(ordered)))
     base, extra = divmod(len(ordered), parts)
     out, start = [], 0
@@ -106,6 +119,19 @@ def split_by_length(rows: Sequence[int], lengths: Sequence[int], parts: int) -> 
         out.append(ordered[start : start + size])
         start += size
     return out
+
+
+def split_by_prompt(
+    rows: Sequence[int], keys: Sequence[int], lengths: Sequence[int], parts: int
+) -> list[list[int]]:
+    """`rows` cut into `parts` contiguous, nearly equal chunks like `split_by_length`, but with the rows of
+    one prompt (equal `keys[row]`) next to each other, so a group spans at most two chunks and its prompt
+    runs once per chunk; prompts are ordered by their longest row, rows within one by length."""
+    longest: dict[int, int] = {}
+    for r in rows:
+        longest[keys[r]] = max(longest.get(keys[r], 0), lengths[r])
+    ordered = sorted(rows, key=lambda r: (longest[keys[r]], keys[r], lengths[r]))
+    return _cut(ordered, parts)
 
 
 @dataclass

@@ -170,19 +170,26 @@ def test_generations_per_optimizer_step(tmp_path):
 # --------------------------------------------------------------------------------- on-policy shortcuts
 
 
+def spy_logprob_forwards(monkeypatch) -> list[dict]:
+    """Records every log-prob forward of the loop (padded or shared-prompt): grad mode and entropy flag."""
+    calls: list[dict] = []
+    for name in ("token_logprobs", "shared_prompt_stats"):
+        real = getattr(grpo_mod, name)
+
+        def spy(*args, _real=real, **kwargs):
+            calls.append({"grad": torch.is_grad_enabled(), "entropy": bool(kwargs.get("with_entropy"))})
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(grpo_mod, name, spy)
+    return calls
+
+
 def test_on_policy_beta_zero_computes_no_old_logps_and_loads_no_reference(tmp_path, monkeypatch):
     def no_reference(*args, **kwargs):
         raise AssertionError("beta = 0 must not load a reference model")
 
     monkeypatch.setattr(grpo_mod, "load_reference", no_reference)
-    calls: list[dict] = []
-    real = grpo_mod.token_logprobs
-
-    def spy(*args, **kwargs):
-        calls.append({"grad": torch.is_grad_enabled(), "entropy": kwargs.get("with_entropy")})
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(grpo_mod, "token_logprobs", spy)
+    calls = spy_logprob_forwards(monkeypatch)
     t, stream = trainer(tmp_path)
     t.train()
     assert t.reference is None and t.counters.old_logp_forwards == 0 and t.counters.ref_logp_forwards == 0
@@ -200,17 +207,10 @@ def test_beta_loads_a_reference_and_reports_kl(tmp_path, hash_reward):
 
 
 def test_entropies_only_when_the_entropy_mask_needs_them(tmp_path, monkeypatch):
-    flags: list[bool] = []
-    real = grpo_mod.token_logprobs
-
-    def spy(*args, **kwargs):
-        flags.append(bool(kwargs.get("with_entropy")))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(grpo_mod, "token_logprobs", spy)
+    calls = spy_logprob_forwards(monkeypatch)
     t, stream = trainer(tmp_path, {"top_entropy_quantile": 0.2, "max_steps": 1})
     t.train()
-    assert flags == [True]
+    assert [c["entropy"] for c in calls] == [True]
     m = metrics_of(events_of(stream))[0]
     assert m["policy/entropy"] > 0 and 0 <= m["policy/entropy_mask_ratio"] <= 1
 
