@@ -7,8 +7,9 @@ bf16-pure; fp16-autocast only with CUDA).
 
 For each run: seconds per optimizer step (the median over the steps after the first), loss tokens per
 second (SFT: targets; DPO: chosen + rejected targets; GRPO: completion tokens), completions per second
-(GRPO), the share of the step spent generating (`time/generation`), the run's peak RSS (the child's
-rusage) and the median seconds of each phase (`time/*`).
+(GRPO), the share of the step spent generating (`time/generation`), the decoder token positions of the
+log-prob forwards per step (GRPO, `train/decoder_tokens`), the run's peak RSS (the child's rusage) and the
+median seconds of each phase (`time/*`).
 
 `--quick` runs fewer steps (for `make bench`); without it the step counts are those of docs/benchmarks.md.
 Run: python -m bench.speed_runs [--quick] [--models tiny:llama,bundled:smollm2-135m-instruct]
@@ -119,6 +120,7 @@ def run(name: str, model: str, precision: str, quick: bool = False) -> dict:
         row.update(
             completions_per_s=round(completions / s_step, 2),
             generation_share=round(median("time/generation") / s_step, 2),
+            decoder_tokens=round(median("train/decoder_tokens")),
         )
     row["phases_s"] = {k[5:]: round(median(k), 3) for k in later[0] if k.startswith("time/")}
     return row
