@@ -186,6 +186,24 @@ def _field_has_no_effect(spec: Any) -> Iterator[SpecWarning]:
             )
 
 
+# TRL fields a pasted config may carry that the platform decides itself.
+_PLATFORM_OWNED = {
+    "report_to": "metrics, samples and checkpoints go to the job's events and to MLflow",
+    "output_dir": "the job writes its checkpoints and final model under its own output_dir",
+}
+
+
+def _field_ignored(spec: Any) -> Iterator[SpecWarning]:
+    for name, why in _PLATFORM_OWNED.items():
+        value = getattr(spec.config, name, None)
+        if value not in (None, "none", [], ["none"]):
+            yield SpecWarning(
+                code="field_ignored",
+                message=f"{name}={value!r} is ignored: {why}; remove it",
+                param=f"config.{name}",
+            )
+
+
 RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _completions_truncated,
     _warmup_covers_training,
@@ -193,6 +211,7 @@ RULES: list[Callable[[Any], Iterator[SpecWarning]]] = [
     _every_update_masked,
     _bema_never_updates,
     _field_has_no_effect,
+    _field_ignored,
 ]
 
 

@@ -174,3 +174,13 @@ def test_fields_that_do_nothing_here_warn_naming_the_field() -> None:
     # a resolved spec (every default written out) warns about nothing more
     resolved = parse_job_spec(parse_job_spec(bco).model_dump(mode="json"))
     assert spec_warnings(resolved) == []
+
+
+def test_fields_the_platform_owns_are_flagged_as_ignored() -> None:
+    chat = {"algorithm": "sft", "model": "tiny:llama", "dataset": {"builtin": "chat"}}
+    spec = parse_job_spec({**chat, "config": {"report_to": "wandb", "output_dir": "out"}})
+    assert [(w.code, w.param) for w in spec_warnings(spec)] == [
+        ("field_ignored", "config.report_to"),
+        ("field_ignored", "config.output_dir"),
+    ]
+    assert _codes(parse_job_spec({**chat, "config": {"report_to": "none"}})) == []
