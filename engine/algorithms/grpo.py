@@ -77,6 +77,7 @@ from engine.algorithms.common import StepMetrics, TrainContext, seed_everything,
 from engine.algorithms.step import OptimizerStep
 from engine.data.formats import expect_format
 from engine.data.sources import load_rows
+from engine.errors import JobError
 from engine.functional import GlobalCounts
 from engine.logprobs import token_logprobs
 from engine.losses import (
@@ -342,6 +343,16 @@ class GRPOTrainer:
         weights; the other processes sample from it at the address the main process passes them."""
         cfg, procs = self.cfg, distributed.current()
         opts: ServerOptions = self.ctx.rollout_server or ServerOptions()
+        machines = self.spec.distributed.num_machines if self.spec.distributed is not None else 1
+        if machines > 1 and not opts.url:
+            raise JobError(
+                "a job's own vLLM server listens on 127.0.0.1 of the first machine, which the processes on "
+                f"the other {machines - 1} machine(s) cannot reach",
+                code="rollout_server_unreachable",
+                param="distributed.num_machines",
+                remediation="run the job on one machine (distributed.num_machines 1), or set "
+                "PAPERTRAIN_VLLM_SERVER_URL on the workers to a vLLM server that every machine reaches",
+            )
         if procs.active:  # the clients could not follow a restarted server's address and weights
             opts = dataclasses.replace(opts, max_restarts=0)
         settings = {

@@ -1,10 +1,12 @@
-"""The rollout server's process handling without vLLM: start-up failures, the start-up timeout, and a restart
-with the last synced weights when a started server dies. A stand-in server (same routes, canned answers)
+"""The rollout server's process handling without vLLM: start-up failures, the start-up timeout, a restart
+with the last synced weights when a started server dies, per-completion seeds, the clients of a
+multi-process job, and a multi-machine job without a server every machine reaches. A stand-in server (same routes, canned answers)
 takes the place of `vllm_serve.py` by being the "python" the backend runs it with.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import textwrap
 from pathlib import Path
@@ -39,8 +41,11 @@ STAND_IN = textwrap.dedent(
                 self._reply({"version": state["version"], "tensors": 0})
             else:
                 req = json.loads(body)
-                one = {"token_ids": [7, 3], "logprobs": [-0.5, -0.25], "finish_reason": "stop"}
-                self._reply({"outputs": [[one] * req["n"] for _ in req["prompts"]], "version": state["version"]})
+                seeds = req.get("seeds") or [None] * len(req["prompts"])
+                def one(seed):  # a seeded request answers 10 + its seed as the first token
+                    first = 7 if seed is None else 10 + seed
+                    return {"token_ids": [first, 3], "logprobs": [-0.5, -0.25], "finish_reason": "stop"}
+                self._reply({"outputs": [[one(s)] * req["n"] for s in seeds], "version": state["version"]})
     HTTPServer(("127.0.0.1", port), H).serve_forever()
     """
 )
@@ -107,3 +112,44 @@ def test_a_dead_server_is_restarted_with_the_last_weights(tmp_path):
         rollout.close()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=2.0)
+
+
+def test_each_completion_is_asked_for_under_its_own_seed_and_clients_send_no_weights(tmp_path):
+    rollout = backend(tmp_path, launcher(tmp_path, STAND_IN))
+    client = VLLMServerRollout("", ServerOptions(url=rollout.url), sends_weights=False)
+    try:
+        out = client.generate([[5, 6], [7]], 2, PARAMS, seeds=[20, 21, 22, 23])
+        assert out.completion_ids[:, 0].tolist() == [30, 31, 32, 33]  # one request per completion
+        assert out.prompt_ids[:, -1].tolist() == [6, 6, 7, 7]
+        with pytest.raises(ValueError, match="3 seeds for 2 prompts x 2"):
+            client.generate([[5, 6], [7]], 2, PARAMS, seeds=[1, 2, 3])
+        client.sync_weights(build_tiny_model(), version=3)  # a client records the version only
+        assert client.version == 3 and httpx.get(f"{rollout.url}/health").json()["version"] == 0
+        rollout.sync_weights(build_tiny_model(), version=3)
+        assert httpx.get(f"{rollout.url}/health").json()["version"] == 3
+    finally:
+        client.close()
+        rollout.close()
+
+
+def test_a_job_on_several_machines_needs_a_server_every_machine_reaches(tmp_path):
+    from engine.algorithms.common import TrainContext
+    from engine.algorithms.grpo import GRPOTrainer
+    from engine.errors import JobError
+    from engine.events import EventWriter
+    from engine.spec import parse_job_spec
+
+    spec = parse_job_spec(
+        {
+            "algorithm": "grpo",
+            "model": "tiny:llama-hd32",
+            "dataset": {"builtin": "arithmetic", "num_rows": 8},
+            "config": {"num_generations": 4, "use_vllm": True, "vllm_mode": "server"},
+            "distributed": {"num_processes": 2, "num_machines": 2},
+        }
+    )
+    ctx = TrainContext.for_spec(spec, tmp_path, events=EventWriter(io.StringIO()))
+    with pytest.raises(JobError, match="127.0.0.1 of the first machine") as info:
+        GRPOTrainer(spec, ctx)  # refused before any server starts
+    assert info.value.param == "distributed.num_machines"
+    assert "PAPERTRAIN_VLLM_SERVER_URL" in str(info.value.remediation)
