@@ -16,8 +16,10 @@ Routes (JSON in and out unless noted):
   POST /load_weights   body: safetensors bytes (the full state dict, model's own names); query `?version=V`
                         -> {"version": V, "tensors": count}; the next generation uses these weights.
 
-Requests are served one at a time (one engine). The server exits when the process that started it is gone
-(`--parent-pid`), so a killed trainer never leaves an engine behind.
+The engine serves one call at a time; generation requests that arrive while it is busy (the training
+processes of one job ask together) are answered by one engine call when it is free, so they are batched
+together. The server exits when the process that started it is gone (`--parent-pid`), so a killed trainer
+never leaves an engine behind.
 """
 
 from __future__ import annotations
@@ -56,8 +58,19 @@ def build_engine(args: argparse.Namespace) -> Any:
     )
 
 
+class Pending:
+    """One /generate request waiting for the engine: its prompts, their sampling params, and the answer."""
+
+    def __init__(self, prompts: list[dict[str, Any]], params: list[Any]) -> None:
+        self.prompts, self.params = prompts, params
+        self.results: list[Any] | None = None
+        self.version = 0
+        self.error: BaseException | None = None
+
+
 class Engine:
-    """The vLLM engine, its weights version and a lock: vLLM's offline engine serves one caller at a time."""
+    """The vLLM engine, its weights version and a lock: vLLM's offline engine serves one caller at a time.
+    Generation requests queue; whichever request gets the engine runs every queued one in one call."""
 
     def __init__(self, llm: Any, model: str) -> None:
         from vllm import SamplingParams
@@ -65,6 +78,8 @@ class Engine:
         self.llm, self.model, self.version = llm, model, 0
         self.SamplingParams = SamplingParams
         self.lock = threading.Lock()
+        self.queue: list[Pending] = []
+        self.queue_lock = threading.Lock()
 
     def generate(self, req: dict[str, Any]) -> dict[str, Any]:
         seeds = req.get("seeds")
@@ -72,21 +87,46 @@ class Engine:
             raise ValueError(f"{len(seeds)} seeds for {len(req['prompts'])} prompts: give one per prompt")
         prompts = [{"prompt_token_ids": [int(t) for t in ids]} for ids in req["prompts"]]
         if seeds is None:
-            params: Any = self._params(req, None)
+            params = [self._params(req, None)] * len(prompts)
         else:
             params = [self._params(req, int(seed)) for seed in seeds]
+        pending = Pending(prompts, params)
+        with self.queue_lock:
+            self.queue.append(pending)
         with self.lock:
-            results = self.llm.generate(prompts, params, use_tqdm=False)
-            version = self.version
+            if pending.results is None and pending.error is None:  # not answered by an earlier call
+                with self.queue_lock:
+                    batch, self.queue = self.queue, []
+                self._run(batch)
+        if pending.error is not None:
+            raise pending.error
+        return self._answer(pending)
+
+    def _run(self, batch: list[Pending]) -> None:
+        """One engine call for the queued requests (the caller holds the engine lock)."""
+        try:
+            results = self.llm.generate(
+                [p for r in batch for p in r.prompts], [s for r in batch for s in r.params], use_tqdm=False
+            )
+        except Exception as exc:
+            for r in batch:
+                r.error = exc
+            return
+        start = 0
+        for r in batch:
+            r.results, r.version = results[start : start + len(r.prompts)], self.version
+            start += len(r.prompts)
+
+    def _answer(self, pending: Pending) -> dict[str, Any]:
         outputs = []
-        for res in results:
+        for res in pending.results or []:
             group = []
             for comp in sorted(res.outputs, key=lambda c: c.index):
                 tokens = list(comp.token_ids)
                 lps = [step[t].logprob for step, t in zip(comp.logprobs or [], tokens, strict=False)]
                 group.append({"token_ids": tokens, "logprobs": lps, "finish_reason": comp.finish_reason})
             outputs.append(group)
-        return {"outputs": outputs, "version": version}
+        return {"outputs": outputs, "version": pending.version}
 
     def _params(self, req: dict[str, Any], seed: int | None) -> Any:
         return self.SamplingParams(

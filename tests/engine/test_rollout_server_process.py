@@ -1,7 +1,8 @@
 """The rollout server's process handling without vLLM: start-up failures, the start-up timeout, a restart
-with the last synced weights when a started server dies, per-completion seeds, the clients of a
-multi-process job, and a multi-machine job without a server every machine reaches. A stand-in server (same routes, canned answers)
-takes the place of `vllm_serve.py` by being the "python" the backend runs it with.
+with the last synced weights when a started server dies, per-completion seeds, the batching of queued
+requests, the clients of a multi-process job, and a multi-machine job without a server every machine
+reaches. A stand-in server (same routes, canned answers) takes the place of `vllm_serve.py` by being the
+"python" the backend runs it with; the batching test gives the server's engine a stand-in vLLM.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import io
 import sys
 import textwrap
+import threading
+import time
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -153,3 +158,47 @@ def test_a_job_on_several_machines_needs_a_server_every_machine_reaches(tmp_path
         GRPOTrainer(spec, ctx)  # refused before any server starts
     assert info.value.param == "distributed.num_machines"
     assert "PAPERTRAIN_VLLM_SERVER_URL" in str(info.value.remediation)
+
+
+def test_generation_requests_that_queue_meet_in_one_engine_call(monkeypatch):
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    from engine.rollout.vllm_serve import Engine
+
+    calls: list[list[tuple[int, int]]] = []
+    release = threading.Event()
+
+    class LLM:  # answers each prompt with its first token and an EOS
+        def generate(self, prompts, params, use_tqdm):
+            calls.append([(p["prompt_token_ids"][0], s.seed) for p, s in zip(prompts, params, strict=True)])
+            if len(calls) == 1:
+                release.wait(30)  # busy while two more requests queue
+            done = SimpleNamespace(index=0, logprobs=None, finish_reason="stop")
+            return [
+                SimpleNamespace(
+                    outputs=[SimpleNamespace(**vars(done), token_ids=[p["prompt_token_ids"][0], 3])]
+                )
+                for p in prompts
+            ]
+
+    engine = Engine(LLM(), "model")
+    answers: dict[int, dict] = {}
+
+    def ask(first: int) -> None:
+        answers[first] = engine.generate({"prompts": [[first]], "max_tokens": 2, "seeds": [first + 100]})
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in (1, 2, 3)]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.01)
+    threads[1].start()
+    threads[2].start()
+    while len(engine.queue) < 2:
+        time.sleep(0.01)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert calls[0] == [(1, 101)] and sorted(calls[1]) == [(2, 102), (3, 103)] and len(calls) == 2
+    for k in (1, 2, 3):
+        assert answers[k]["outputs"] == [[{"token_ids": [k, 3], "logprobs": [], "finish_reason": "stop"}]]
