@@ -125,8 +125,9 @@ def split_by_prompt(
     rows: Sequence[int], keys: Sequence[int], lengths: Sequence[int], parts: int
 ) -> list[list[int]]:
     """`rows` cut into `parts` contiguous, nearly equal chunks like `split_by_length`, but with the rows of
-    one prompt (equal `keys[row]`) next to each other, so a group spans at most two chunks and its prompt
-    runs once per chunk; prompts are ordered by their longest row, rows within one by length."""
+    one prompt (equal `keys[row]`) next to each other, so a prompt's rows share as few chunks as the cut
+    allows and its prompt runs once per chunk; prompts are ordered by their longest row, rows within one
+    by length."""
     longest: dict[int, int] = {}
     for r in rows:
         longest[keys[r]] = max(longest.get(keys[r], 0), lengths[r])
