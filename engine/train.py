@@ -10,7 +10,8 @@ Under torchrun (a job with `distributed.num_processes` > 1) every process runs t
 the event stream, the other ranks write only their `error` events, to stderr.
 
 Exit status: 0 after `done`; 1 after an `error` event; 143 after SIGTERM (the loop stops at the next
-micro-step boundary and saves nothing extra). Settings read from the environment here, and only here:
+micro-step boundary and saves nothing extra). After a success every rank meets the others and leaves the
+process group; run as a program, the process then ends as soon as its output is flushed (`exit_process`). Settings read from the environment here, and only here:
 `PAPERTRAIN_MODEL_CACHE` (bundled model cache), `PAPERTRAIN_UPLOADS_DIR` (uploaded datasets, default
 `./var/uploads`). When `PAPERTRAIN_DATA_ROOTS` is set (a worker always sets it, maybe empty) the job is
 confined: datasets only from uploads and those roots, `http` rewards only to `PAPERTRAIN_HTTP_REWARD_URLS`,
@@ -22,6 +23,7 @@ the vLLM rollout server lives (`ServerOptions`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 EXIT_OK, EXIT_ERROR, EXIT_SIGTERM = 0, 1, 143
 
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace, events: Any, stop: threading.Event | None = No
         from engine.algorithms import get_algorithm
 
         final = get_algorithm(spec.algorithm).train(spec, ctx)
+        ctx.release()
         events.done(step=ctx.step, final_path=str(final))
         return EXIT_OK
     except TrainingStopped:
@@ -171,17 +174,31 @@ def main(argv: list[str] | None = None) -> int:
     # With several processes rank 0 speaks for the job; the others report only their errors, on stderr.
     events = EventWriter(stream) if procs.is_main else ErrorsOnly(sys.stderr)
     code = run(args, events, stop)
+    if code == EXIT_OK:
+        _leave_process_group()
     stream.flush()
-    _leave_process_group()
     return code
 
 
 def _leave_process_group() -> None:
+    """Every rank meets the others, then leaves the group. Only after a success: after a failure or a stop
+    another rank may be inside a collective that a barrier would be paired with."""
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
+def exit_process(code: int) -> NoReturn:
+    """Flush and end the process without interpreter teardown, where threads of libraries (gloo's, kept
+    alive by DeepSpeed's references) can abort a process whose job has finished."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

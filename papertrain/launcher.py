@@ -25,7 +25,8 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER_EXIT_GRACE_S = 20.0  # on top of cancel_grace_s: re-queueing and the last writes
+# on top of cancel_grace_s: up to 10 s for MLflow (worker.tasks), re-queueing, the last writes, the exit
+WORKER_EXIT_GRACE_S = 30.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -58,6 +59,11 @@ def start_worker(settings: Settings, queues: str = "cpu") -> subprocess.Popen[by
     env = {**os.environ, **settings_env(settings)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return subprocess.Popen(worker_command(queues, worker_lock(settings, queues)), env=env)
+
+
+def worker_stop_timeout(settings: Settings) -> float:
+    """How long a stopping worker may take to stop its engine, re-queue its job and exit."""
+    return float(settings.cancel_grace_s) + WORKER_EXIT_GRACE_S
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
@@ -112,7 +118,7 @@ def run_embedded(settings: Settings, *, queues: str = "cpu") -> int:
         uvicorn.run(app, host=settings.host, port=int(settings.port), log_level="info")
     finally:
         stopping.set()
-        code = stop_worker(worker, float(settings.cancel_grace_s) + WORKER_EXIT_GRACE_S)
+        code = stop_worker(worker, worker_stop_timeout(settings))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("worker exited with code %s", code)

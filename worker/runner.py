@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -298,15 +298,7 @@ class EngineRunner:
         try:
             with self.session_factory() as session, session.begin():
                 if beat or (run_id and run_id != self._run_id_saved):
-                    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-                    if run_id:
-                        values["mlflow_run_id"] = run_id
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self.job_id, Job.worker_id == self.worker_id, Job.status.in_(_OWNED))
-                        .values(**values)
-                    )
-                    self._run_id_saved = run_id
+                    self._write_heartbeat(session, run_id)
                 row = session.execute(
                     select(Job.status, Job.worker_id, Job.cancel_requested_at).where(Job.id == self.job_id)
                 ).one_or_none()
@@ -324,6 +316,39 @@ class EngineRunner:
         if row.status == JobStatus.cancelling or row.cancel_requested_at is not None:
             return "cancelled"
         return None
+
+    def _write_heartbeat(self, session: Session, run_id: str | None) -> None:
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if run_id:
+            values["mlflow_run_id"] = run_id
+        session.execute(
+            update(Job)
+            .where(Job.id == self.job_id, Job.worker_id == self.worker_id, Job.status.in_(_OWNED))
+            .values(**values)
+        )
+        self._run_id_saved = run_id
+
+    @contextlib.contextmanager
+    def heartbeating(self) -> Iterator[None]:
+        """Keep the job's heartbeat fresh for the duration: after the engine has exited the worker still
+        owns the job while it hands the job's data to MLflow, and the reaper must not take it away."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(float(self.settings.heartbeat_interval_s)):
+                try:
+                    with self.session_factory() as session, session.begin():
+                        self._write_heartbeat(session, getattr(self.tracker, "run_id", None))
+                except Exception as exc:  # the next beat tries again
+                    log.warning("job %s: heartbeat failed (%s); will retry", self.job_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{self.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     # -- helpers -------------------------------------------------------------------------------------
 

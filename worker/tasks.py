@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # its job re-queued instead of being left to the reaper.
 SHUTDOWN = threading.Event()
 TRACKING_TIMEOUT_S = 60.0
+INTERRUPTED_TRACKING_TIMEOUT_S = 10.0  # a stopping worker has little time left before it is killed
 DB_RETRY_COUNTDOWN_S, DB_RETRY_MAX = 15, 40  # ten minutes of database outage
 _MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED", "interrupted": "KILLED"}
 
@@ -153,7 +154,8 @@ def execute_job(
         _finish(factory, job_id, worker_id, result, run_id=run_id, warnings=[], sender=sender)
     elif result.outcome == "succeeded":
         # When a job says succeeded, its MLflow run (final model included) is complete.
-        tracker.close(mlflow_status, timeout_s=tracking_timeout_s)
+        with runner.heartbeating():
+            tracker.close(mlflow_status, timeout_s=tracking_timeout_s)
         run_id = tracker.run_id or run_id
         _finish(factory, job_id, worker_id, result, run_id=run_id, warnings=tracker.warnings, sender=sender)
     else:
@@ -161,8 +163,9 @@ def execute_job(
         _finish(
             factory, job_id, worker_id, result, run_id=tracker.run_id or run_id, warnings=[], sender=sender
         )
-        # A stopping worker has little time left before its supervisor kills it.
-        timeout_s = min(tracking_timeout_s, 10.0) if result.outcome == "interrupted" else tracking_timeout_s
+        timeout_s = tracking_timeout_s
+        if result.outcome == "interrupted":
+            timeout_s = min(tracking_timeout_s, INTERRUPTED_TRACKING_TIMEOUT_S)
         tracker.close(mlflow_status, timeout_s=timeout_s)
         _record_tracking(factory, job_id, tracker.run_id, tracker.warnings)
     return result.outcome

@@ -68,6 +68,8 @@ class TrainContext:
     step: int = 0  # the last completed optimizer step (kept up to date by the loops)
     rollout_server: Any = None  # engine.rollout.vllm_server.ServerOptions for vllm_mode 'server'
     timer: PhaseTimer = field(default_factory=PhaseTimer)  # per-phase seconds, logged as time/<phase>
+    # what a finished job releases before its processes leave their group (DeepSpeed's engine), newest first
+    releases: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def for_spec(cls, spec: Any, out_dir: str | Path, **kw: Any) -> TrainContext:
@@ -96,6 +98,11 @@ class TrainContext:
     def check_stop(self) -> None:
         if self.stop.is_set():
             raise TrainingStopped("stopped by SIGTERM")
+
+    def release(self) -> None:
+        """Run and forget the registered releases, the last registered first."""
+        while self.releases:
+            self.releases.pop()()
 
 
 def seed_everything(seed: int) -> None:

@@ -92,6 +92,7 @@ class ZeroEngine:
 
             self.engine.clip_fp32_gradients = clip_and_measure
         self._routing = _route_calls_through(model, self.engine)
+        ctx.releases.append(self.close)
         ctx.events.log(f"deepspeed {deepspeed.__version__} config: {json.dumps(self.config, sort_keys=True)}")
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -139,6 +140,10 @@ class ZeroEngine:
             finally:
                 self._routing["inside"] = False
                 offload._register_deepspeed_module(offload.module)
+
+    def close(self) -> None:
+        """Remove DeepSpeed's hooks and buffers while every rank is still in the process group."""
+        self.engine.destroy()
 
     def save(self, path: Path) -> None:
         """Every rank writes its shards of the model and optimizer state under `path/deepspeed`."""

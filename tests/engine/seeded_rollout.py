@@ -46,4 +46,4 @@ grpo.GRPOTrainer._sample = _seeded
 grpo.GRPOTrainer._score = _recorded
 
 if __name__ == "__main__":
-    sys.exit(train.main())
+    train.exit_process(train.main())

@@ -125,3 +125,13 @@ def test_sigterm_stops_at_a_micro_step_and_exits_143(tmp_path):
     assert "done" not in [e["type"] for e in events]
     assert not (tmp_path / "final").exists()
     assert not (tmp_path / "checkpoints").exists()  # nothing extra saved
+
+
+def test_the_process_ends_with_the_exit_status_after_flushing_what_it_wrote():
+    # Output still in Python's buffers (no newline, a pipe) must reach the reader before the process ends.
+    code = "import sys; from engine.train import exit_process; print('last', end=''); exit_process(3)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered stdout
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True
+    )
+    assert (proc.returncode, proc.stdout) == (3, b"last")

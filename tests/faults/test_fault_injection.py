@@ -101,7 +101,7 @@ def platform(tmp_path):
     from api.main import create_app
     from core.celery_app import configure_celery
     from core.db import make_engine, migrate
-    from papertrain.launcher import start_worker, stop_worker
+    from papertrain.launcher import start_worker, stop_worker, worker_stop_timeout
 
     # PostgreSQL runs as its own OS user, which cannot enter pytest's private temporary folders
     folder = Path(tempfile.mkdtemp(prefix="papertrain-faults-"))
@@ -141,7 +141,7 @@ def platform(tmp_path):
                 worker = plat.worker
     finally:
         if worker is not None:
-            stop_worker(worker, 30)
+            stop_worker(worker, worker_stop_timeout(settings))
         configure_celery(None)
         if engine is not None:
             engine.dispose()

@@ -12,7 +12,7 @@ from worker_testkit import create_token, job_body, make_settings, pid_alive, wai
 from api.main import create_app
 from core.celery_app import configure_celery
 from core.db import make_engine, migrate
-from papertrain.launcher import start_worker, stop_worker
+from papertrain.launcher import start_worker, stop_worker, worker_stop_timeout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def platform(tmp_path, pg_url, redis_url):
         with TestClient(create_app(settings)) as client:
             yield settings, client, {"Authorization": f"Bearer {token}"}
     finally:
-        stop_worker(worker, 20)
+        stop_worker(worker, worker_stop_timeout(settings))
         configure_celery(None)
         engine.dispose()
 

@@ -18,7 +18,7 @@ from worker_testkit import create_token, job_body, pid_alive, wait_for, wait_for
 
 from api.main import create_app
 from core.celery_app import configure_celery
-from papertrain.launcher import REPO_ROOT, settings_env, start_worker, stop_worker
+from papertrain.launcher import REPO_ROOT, settings_env, start_worker, stop_worker, worker_stop_timeout
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -43,7 +43,7 @@ def worker(settings, factory):
 
     yield start
     for proc in procs:
-        stop_worker(proc, 20)
+        stop_worker(proc, worker_stop_timeout(settings))
 
 
 def test_worker_process_consumes_a_job_submitted_through_the_api(settings, api, worker):
@@ -87,7 +87,9 @@ def test_worker_shutdown_requeues_and_the_next_worker_resumes(settings, factory,
         what="the first checkpoint",
     )
 
-    assert stop_worker(first, 20) == 0  # warm shutdown: engine stopped, job handed back
+    assert (
+        stop_worker(first, worker_stop_timeout(settings)) == 0
+    )  # warm shutdown: engine stopped, job handed back
     job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
     assert job["status"] == "queued", job
 

@@ -14,7 +14,7 @@ from worker_testkit import create_token, make_settings, wait_for_status
 
 from api.main import create_app
 from core.celery_app import configure_celery
-from papertrain.launcher import REPO_ROOT, settings_env, stop_worker, worker_command
+from papertrain.launcher import REPO_ROOT, settings_env, stop_worker, worker_command, worker_stop_timeout
 from worker.runner import engine_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -61,7 +61,7 @@ def test_two_workers_complete_a_two_machine_job(settings, factory, tmp_path):
             ).json()["events"]
     finally:
         for proc in workers:
-            stop_worker(proc, 20)
+            stop_worker(proc, worker_stop_timeout(settings))
         configure_celery(None)
     messages = [e["data"].get("message", "") for e in events]
     assert job["status"] == "succeeded", (job, messages)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from worker_testkit import add_job, get_job
@@ -125,3 +126,32 @@ def test_a_job_waiting_too_long_in_queued_is_sent_again_once_per_period(settings
         == []
     )
     assert get_job(factory, waiting).status == JobStatus.queued
+
+
+def test_a_job_whose_data_is_still_going_to_mlflow_keeps_its_heartbeat(settings, factory, monkeypatch):
+    # The engine has finished; MLflow takes longer to answer than the heartbeat timeout. The worker still
+    # owns the job while it waits, so its heartbeats go on and the reaper leaves the job alone.
+    from worker import tasks
+
+    reaper_timeout_s = 2.5  # five heartbeat intervals of the test settings
+    seen: list[tuple[str, str]] = []
+
+    class SlowMlflow:
+        run_id, warnings = None, []
+
+        def on_event(self, event):
+            pass
+
+        def close(self, status, timeout_s):
+            time.sleep(4.0)
+            seen.extend(reap_stale_jobs(factory, heartbeat_timeout_s=reaper_timeout_s, sender=lambda *a: None))
+            return True
+
+    monkeypatch.setattr(tasks, "_make_tracker", lambda settings, claimed: SlowMlflow())
+    job_id = add_job(factory)
+
+    assert tasks.execute_job(settings, job_id, session_factory=factory) == "succeeded"
+
+    assert seen == []
+    job = get_job(factory, job_id)
+    assert job.status == JobStatus.succeeded and job.attempt == 1

@@ -13,7 +13,7 @@ from worker_testkit import create_token, make_settings, wait_for_status
 
 from api.main import create_app
 from core.celery_app import configure_celery
-from papertrain.launcher import start_worker, stop_worker
+from papertrain.launcher import start_worker, stop_worker, worker_stop_timeout
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,7 +53,7 @@ def test_zero_preset_through_the_api_succeeds_with_deepspeed_and_an_hf_model(set
                 f"/v1/jobs/{job_id}/events", params={"kind": "log", "limit": 1000}, headers=headers
             ).json()["events"]
     finally:
-        stop_worker(worker, 20)
+        stop_worker(worker, worker_stop_timeout(settings))
         configure_celery(None)
     messages = [e["data"].get("message", "") for e in events]
     assert any(m.startswith("deepspeed ") and '"stage": 3' in m for m in messages), messages
