@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install up migrate test test-fast lint format bench bench-full bench-reference clean deploy-tools deploy-check vllm-cpu deepspeed
+.PHONY: install up migrate test test-fast lint format bench bench-full bench-reference clean deploy-tools deploy-check vllm-cpu deepspeed gpu-wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -75,6 +75,22 @@ vllm-cpu: $(VLLM_VENV)/.installed   ## vLLM server for CPU rollouts (first build
 
 deepspeed: install         ## DeepSpeed for ZeRO jobs (builds its CPU ops on first use, cached in ~/.cache)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[deepspeed]'
+
+# What scripts/gpu-check.sh installs on a GPU machine without network whose python3 (3.12, x86_64) already
+# has torch, transformers, peft and accelerate: the missing pure-Python packages (pydantic's core and
+# SQLAlchemy as manylinux wheels) and DeepSpeed's source, which the script builds there without ops.
+GPU_WHEELHOUSE := .whl
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0 pydantic-settings==2.16.3 python-dotenv==1.2.4 sqlalchemy==2.1.9 gguf==0.19.0 hjson==3.1.0
+GPU_PLATFORMS := --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+
+gpu-wheelhouse:            ## wheels for scripts/gpu-check.sh on an offline GPU machine (carry .whl)
+	rm -rf $(GPU_WHEELHOUSE) && mkdir -p $(GPU_WHEELHOUSE)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d $(GPU_WHEELHOUSE) $(GPU_WHEELS)
+	$(PY) -m pip download -q --no-deps --no-binary=:all: -d $(GPU_WHEELHOUSE) deepspeed==0.19.8
+	@size=$$(du -sm $(GPU_WHEELHOUSE) | cut -f1); echo "$(GPU_WHEELHOUSE): $$size MiB"; \
+		test $$size -lt 32 || { echo "the wheelhouse must stay well under the 64 MiB a GPU call carries" >&2; exit 1; }
 
 clean:
 	rm -rf var .pytest_cache

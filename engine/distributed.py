@@ -49,16 +49,32 @@ def from_env(env: dict[str, str] | None = None) -> Processes:
     return Processes(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
 
 
+def _backend(device: torch.device) -> str:
+    # Counts and metrics are reduced as host tensors: on CUDA those go through gloo, the rest NCCL.
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def init_from_env(device: torch.device) -> Processes:
     """Join the job's process group when torchrun started several processes (idempotent)."""
     procs = from_env()
     if procs.active and not torch.distributed.is_initialized():
-        # Counts and metrics are reduced as host tensors: on CUDA those go through gloo, the rest NCCL.
-        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend=_backend(device))
     return procs
+
+
+def init_alone(device: torch.device) -> None:
+    """A process group of this one process, for a library that needs a group even then (DeepSpeed, which
+    also reads LOCAL_RANK as a launcher would set it); the collectives here still see one process. Nothing
+    happens when a group exists."""
+    if torch.distributed.is_initialized():
+        return
+    os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group(backend=_backend(device), store=store, rank=0, world_size=1)
 
 
 def current() -> Processes:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engine import distributed
 from engine.algorithms.common import TrainContext, build_optimizer, build_scheduler, clip_gradients
 from engine.distributed import Processes
 
@@ -72,6 +73,8 @@ class ZeroEngine:
 
         cfg = ctx.spec.config
         self.procs = procs
+        if not procs.active:  # one process (ZeRO on a single GPU): DeepSpeed still wants a process group
+            distributed.init_alone(ctx.device)
         self.config = deepspeed_config(ctx.spec, ctx.dtype, procs.world)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,

@@ -69,7 +69,10 @@ def run_subprocess(
     cmd = [sys.executable, "-m", "engine.train", "--spec", str(spec_path), "--out", str(out)]
     if resume:
         cmd.append("--resume")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     return proc.returncode, events, proc.stderr

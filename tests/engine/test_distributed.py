@@ -202,6 +202,21 @@ def test_sft_zero_stages_match_one_process(tmp_path, stage):
 
 
 @needs_deepspeed
+def test_zero3_in_a_single_process_trains_what_plain_training_does(tmp_path):
+    # ZeRO on one GPU: no launcher, DeepSpeed still gets its (one-process) group; same step as without it.
+    spec = tiny_spec("sft", "chat", num_rows=8, max_steps=1, **SGD)
+    code, plain, _ = run_procs(spec, tmp_path / "one", 1)
+    assert code == 0, plain[-1]
+    alone = {**spec, "distributed": {"num_processes": 1, **zero(3)}}
+    code, events, stderr = run_procs(alone, tmp_path / "two", 1)
+    assert code == 0, stderr[-3000:]
+    assert any('"stage": 3' in e.get("message", "") for e in events)
+    a, b = all_metrics(plain), all_metrics(events)
+    assert b[1]["train/loss"] == pytest.approx(a[1]["train/loss"], rel=1e-5)
+    assert_same_gradients(tmp_path)
+
+
+@needs_deepspeed
 def test_dpo_zero3_matches_one_process(tmp_path):
     spec = tiny_spec("dpo", "preferences", num_rows=8, max_steps=1, **SGD)
     compare(tmp_path, spec, zero(3))
