@@ -6,10 +6,9 @@
 #
 # On a GPU machine without network whose python3 already has torch, transformers, peft and accelerate:
 # first, on a machine with network, `make gpu-wheelhouse` puts the missing pure-Python wheels and DeepSpeed's
-# source into .whl/ (git ignores it; about 10 MB). The whole call, with .whl carried along:
-#     command:   set -o pipefail; PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh 2>&1 | tee $OUT/gpu-check.log
-#     carry:     [".whl"]
-#     timeout_s: 600
+# source into .whl/ (git ignores it; about 10 MB). Then copy the working tree and the ignored .whl/ there
+# (carry: [".whl"]) and run, in one command of at most 10 minutes (timeout_s: 600):
+#     set -o pipefail; PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh 2>&1 | tee "${OUT:-.}/gpu-check.log"
 # The script installs from .whl/ only what is missing or older (into a folder of its own, never into the
 # machine's Python) and builds DeepSpeed there without compiling its ops (DS_BUILD_OPS=0).
 # On a machine set up with `make install`: PY=.venv/bin/python scripts/gpu-check.sh (nothing is installed).
