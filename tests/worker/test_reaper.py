@@ -144,7 +144,9 @@ def test_a_job_whose_data_is_still_going_to_mlflow_keeps_its_heartbeat(settings,
 
         def close(self, status, timeout_s):
             time.sleep(4.0)
-            seen.extend(reap_stale_jobs(factory, heartbeat_timeout_s=reaper_timeout_s, sender=lambda *a: None))
+            seen.extend(
+                reap_stale_jobs(factory, heartbeat_timeout_s=reaper_timeout_s, sender=lambda *a: None)
+            )
             return True
 
     monkeypatch.setattr(tasks, "_make_tracker", lambda settings, claimed: SlowMlflow())
