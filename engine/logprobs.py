@@ -4,8 +4,8 @@
 
 The decoder runs once to hidden states; the LM head, the float32 log-softmax and the gather then run over
 chunks of `chunk_size` (row, position) pairs, so at most `chunk_size x vocab` float32 logits exist at any
-time. With gradients enabled each chunk is activation-checkpointed: its logits are recomputed in the
-backward pass instead of being kept for it. Passing `mask` skips the head entirely on positions that do
+time. With gradients enabled and more than one chunk, each chunk is activation-checkpointed: its logits
+are recomputed in the backward pass instead of being kept for it. Passing `mask` skips the head entirely on positions that do
 not count (padding, prompt), and their outputs are 0.
 
 Position t of the K outputs scores `input_ids[:, T-K+t]` from the hidden state one position earlier (the
@@ -244,14 +244,18 @@ def stats_from_hidden(
     chunk_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """`token_stats` from the output of `target_hidden` (hidden (n, H), targets (n,)): the LM head runs
-    over chunks, activation-checkpointed when gradients are on, and the results are scattered back to
-    the (B, K) grid `shape` (at the flattened positions `index`, zeros elsewhere). Lets a loop that also
-    needs other quantities from the same hidden states run the decoder once."""
+    over chunks and the results are scattered back to the (B, K) grid `shape` (at the flattened positions
+    `index`, zeros elsewhere). Lets a loop that also needs other quantities from the same hidden states run
+    the decoder once.
+
+    With gradients on and more than one chunk, each chunk is activation-checkpointed (its logits are
+    recomputed in the backward pass). A single chunk is not: its logits are kept for the backward, which
+    needs that much memory at that moment anyway, so recomputing them would only cost a second LM head."""
     B, K = shape
     _, head, config = _parts(model)
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     size = chunk_size or default_chunk_size(vocab)
-    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
+    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > size
     width = 1 + int(with_entropy) + int(with_log_sum_p2)
     parts = []
     for start in range(0, hidden.shape[0], size):

@@ -93,3 +93,29 @@ def test_fully_masked_batch_still_backpropagates(tiny_model, batch):
     logps, _ = token_logprobs(tiny_model, *batch, 4, mask=torch.zeros(3, 4))
     assert torch.count_nonzero(logps) == 0
     logps.sum().backward()
+
+
+def _head_calls(model):
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("chunk_size, forwards", [(None, 1), (4, 2 * 4)])
+def test_lm_head_recomputed_only_when_chunked(batch, chunk_size, forwards):
+    """One chunk keeps its logits for the backward (one LM head pass); several chunks are recomputed
+    (two passes each: 15 scored positions in chunks of 4 are 4 chunks). Gradients match the naive ones."""
+    from engine.models import build_tiny_model
+
+    a, b = build_tiny_model(), build_tiny_model()
+    calls = _head_calls(a)
+    ids, attn = batch
+    w = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    lp, ent = token_logprobs(a, ids, attn, 5, with_entropy=True, chunk_size=chunk_size)
+    ((lp * w).sum() + ent.sum()).backward()
+    assert len(calls) == forwards
+    ref_lp, ref_ent, _ = _naive(b, ids, attn, 5)
+    ((ref_lp * w).sum() + ref_ent.sum()).backward()
+    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
