@@ -162,6 +162,29 @@ def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
     )
 
 
+def allocate_adamw_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create AdamW's moments now, exactly as its first step would. Made before any activation exists they
+    lie together; made inside the first step they fill the holes freed activations left in the allocator's
+    heap, the next step's activations no longer fit there, and the peak RSS grows step after step."""
+    if type(optimizer) is not torch.optim.AdamW:
+        return
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    for group in optimizer.param_groups:
+        on_device = bool(group["fused"] or group["capturable"])
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state:
+                continue
+            if on_device:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            else:
+                state["step"] = torch.tensor(0.0, dtype=scalar)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def warmup_steps(cfg: Any, total_steps: int) -> int:
     return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * total_steps)
 

@@ -38,6 +38,7 @@ from engine.algorithms.common import (
     Checkpointer,
     StepMetrics,
     TrainContext,
+    allocate_adamw_state,
     build_optimizer,
     build_scheduler,
     clip_gradients,
@@ -90,6 +91,7 @@ class OptimizerStep:
             self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
         else:
             self.optimizer = build_optimizer(model, cfg)
+            allocate_adamw_state(self.optimizer)
             self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
             self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.dtype == torch.float16)
         self.lr = self.scheduler.get_last_lr()[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from engine.algorithms.common import build_optimizer
+from engine.algorithms.common import allocate_adamw_state, build_optimizer
 from engine.models import build_tiny_model
 from engine.spec import parse_job_spec
 
@@ -56,3 +56,37 @@ def test_unknown_optim_is_refused_listing_the_known_names():
     assert err["loc"][-1] == "optim"
     for name in KNOWN:
         assert name in err["msg"]
+
+
+@pytest.mark.parametrize("name", ["adamw_torch_fused", "adamw_torch"])
+def test_adamw_state_made_up_front_trains_exactly_like_the_lazy_one(name):
+    """Moments created before the first step (so they are not placed among freed activations) leave
+    every update and every state entry bit for bit as AdamW's own first step makes them."""
+    runs = []
+    for up_front in (True, False):
+        model = build_tiny_model()
+        opt = build_optimizer(model, _spec(optim=name, learning_rate=1e-2, weight_decay=0.1).config)
+        if up_front:
+            allocate_adamw_state(opt)
+            assert all(len(opt.state[p]) == 3 for p in model.parameters())
+        for step in range(3):
+            ids = torch.tensor([[5, 6, 7, 8 + step]])
+            model(input_ids=ids).logits.float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        runs.append((model, opt))
+    (a, opt_a), (b, opt_b) = runs
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and sa[key].device == sb[key].device, key
+            assert torch.equal(sa[key], sb[key]), key
+
+
+def test_adamw_state_up_front_leaves_other_optimizers_alone():
+    model = build_tiny_model()
+    opt = build_optimizer(model, _spec(optim="sgd").config)
+    allocate_adamw_state(opt)
+    assert len(opt.state) == 0
