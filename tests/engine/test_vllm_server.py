@@ -31,6 +31,7 @@ from engine.rollout.vllm_server import ServerOptions, ServerProcess, VLLMServerR
 from engine.spec import parse_job_spec
 from tests.engine.conftest import metrics_by_step, run_subprocess
 from tests.engine.test_distributed import run_procs, two_processes, zero
+from tests.engine.test_distributed_online import ROLLOUT_STATS
 from tests.engine.test_grpo import events_of, metrics_of
 
 LOGP_TOL = 1e-4  # per-token log-prob, server vs trainer, after a sync
@@ -153,17 +154,6 @@ def test_grpo_lora_sync(server_url, tmp_path):
     trainer, metrics = train_against(server_url, tmp_path, peft_config=lora)
     check_metrics(metrics)
     check_sync(server_url, trainer.model)
-
-
-ROLLOUT_STATS = (
-    "rollout/reward_mean",
-    "rollout/reward_std",
-    "rollout/frac_reward_zero_std",
-    "rollout/completion_length_mean",
-    "rollout/completion_length_min",
-    "rollout/completion_length_max",
-    "rollout/clipped_ratio",
-)
 
 
 def run_against(url: str, spec: dict, out: Path, nproc: int) -> list[dict]:
