@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from engine.logprobs import _parts, stats_from_hidden
+from engine.models import unwrap
 
 
 @dataclass
@@ -70,9 +71,7 @@ def decoder_tokens(rows: int, width: int, logits_to_keep: int, prompts: int | No
 def unsupported(model: Any) -> str | None:
     """Why `model` cannot run prompts once through a KV cache (None when it can)."""
     _, _, config = _parts(model)
-    base = model
-    while hasattr(base, "module") and isinstance(base.module, torch.nn.Module):
-        base = base.module
+    base = unwrap(model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     checkpointing = getattr(type(base), "is_activation_checkpointing", None)
     if checkpointing is None:
